@@ -1,0 +1,52 @@
+# Two commands for a fresh machine:  make run  (serve the default model)  and  make test.
+# Everything they need is built here from nothing: the runtime environment (.venv, no torch),
+# the export environment (.venv-export, torch pinned to the CPU build) and the model bundle.
+
+PYTHON ?= python3
+VENV := .venv
+EXPORT_VENV := .venv-export
+# Exactly this version: its CPU wheel is on disk. Any other spec pulls GBs of CUDA wheels.
+TORCH := torch==2.13.0
+MODEL := models/all-MiniLM-L6-v2
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+export HF_HUB_OFFLINE := 1
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test lint models lock clean
+
+run: $(VENV)/.runtime $(MODEL)/config.json  ## serve the default model on EMBED_HOST:EMBED_PORT
+	$(VENV)/bin/python -m app
+
+test: $(VENV)/.test $(MODEL)/config.json  ## lint, type-check and run the whole test suite
+	$(VENV)/bin/ruff check app scripts tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+models: $(MODEL)/config.json
+
+$(VENV)/.runtime: requirements/runtime.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements/runtime.txt
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements/test.txt
+	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements/test.txt
+	touch $@
+
+$(EXPORT_VENV)/.installed: requirements/export.txt
+	$(PYTHON) -m venv $(EXPORT_VENV)
+	$(EXPORT_VENV)/bin/pip install $(PIP_FLAGS) $(TORCH)
+	$(EXPORT_VENV)/bin/pip install $(PIP_FLAGS) -r requirements/export.txt
+	touch $@
+
+# Built on first use only: an existing bundle is kept (delete it, or run the script, to rebuild).
+$(MODEL)/config.json:
+	$(MAKE) $(EXPORT_VENV)/.installed
+	$(EXPORT_VENV)/bin/python scripts/export_onnx.py
+
+lock:  ## re-pin requirements/*.txt from pyproject.toml in throwaway environments
+	./scripts/lock.sh
+
+clean:
+	rm -rf $(VENV) $(EXPORT_VENV) models/*/ .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""``python -m app``: load the model named by the settings, then serve it with uvicorn.
+
+The model is loaded before the server listens, so a missing bundle, a corrupted model or a
+missing CUDA provider ends the process with one line saying how to fix it, not a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import uvicorn
+
+from app.config import Settings
+from app.engine.engine import EmbeddingEngine
+from app.errors import StartupError
+from app.main import create_app
+
+log = logging.getLogger("app")
+
+
+def main() -> int:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        engine = EmbeddingEngine.from_settings(settings)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info(
+        "serving %s (%s, %s) on http://%s:%d",
+        engine.model_id,
+        engine.encoder.bundle.variant,
+        engine.encoder.provider,
+        settings.host,
+        settings.port,
+    )
+    # uvicorn drains on SIGTERM and then re-raises the signal to the handler it found. With the
+    # default handler that kills the process (-15), and orchestrators read a clean drain as a
+    # crash; a no-op handler lets the drained process exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.run(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Turning every failure into ``{"error": {...}}`` with the status from ``app.errors.ERROR_TABLE``.
+
+Starlette's and FastAPI's own errors (no route, bad JSON, schema mismatch) are first translated
+into ``ServiceError``s, so one function renders every error response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from app.errors import (
+    ERROR_TABLE,
+    ErrorCode,
+    InternalError,
+    InvalidJSON,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    ValidationFailed,
+)
+
+log = logging.getLogger("app.errors")
+
+_FROM_STATUS: dict[int, type[ServiceError]] = {
+    400: InvalidJSON,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def render_error(error: ServiceError, headers: Mapping[str, str] | None = None) -> Response:
+    """The one place an error becomes an HTTP response."""
+    body = {"error": {"message": error.message, "type": error.type, "code": error.code.value}}
+    return Response(
+        orjson.dumps(body), error.status, headers=headers, media_type="application/json"
+    )
+
+
+def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring the error statuses a route can give."""
+    from app.api.schemas import ErrorResponse
+
+    declared: dict[int | str, dict[str, Any]] = {}
+    for code in (*codes, ErrorCode.INTERNAL_ERROR):
+        row = ERROR_TABLE[code]
+        entry = declared.setdefault(row.status, {"model": ErrorResponse, "description": ""})
+        entry["description"] = ", ".join(filter(None, [entry["description"], code.value]))
+    return declared
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> str:
+    """One readable line from pydantic's error list, e.g. ``body.normalize: Input should be...``."""
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        message = err.get("msg", "invalid")
+        if err.get("type") in {"model_attributes_type", "dict_type"} and len(err["loc"]) == 1:
+            message += " (send a JSON object with Content-Type: application/json)"
+        parts.append(f"{where}: {message}")
+    more = len(errors) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return render_error(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        detail = errors[0].get("ctx", {}).get("error", "malformed JSON")
+        return render_error(InvalidJSON(f"the body is not valid JSON: {detail}"))
+    return render_error(ValidationFailed(describe_validation_errors(errors)))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = _FROM_STATUS.get(exc.status_code)
+    if kind is NotFound:
+        error: ServiceError = NotFound(f"no route {request.url.path}; see /docs")
+    elif kind is MethodNotAllowed:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    elif kind is InvalidJSON:
+        error = InvalidJSON("the body is not valid JSON in UTF-8")
+    elif kind is not None:
+        error = kind(str(exc.detail))
+    else:
+        return await _unexpected(request, exc)
+    return render_error(error, exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = getattr(request.state, "request_id", "-")
+    log.error("unhandled error in request %s", request_id, exc_info=exc)
+    return render_error(InternalError(f"internal error; request id {request_id}"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every kind of failure to the one renderer."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

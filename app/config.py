@@ -1,0 +1,47 @@
+"""Every knob of the service, read once from the environment (prefix ``EMBED_``).
+
+Settings are built once at start-up and passed down; tests build their own ``Settings(...)``.
+List values are comma-separated in the environment (``EMBED_X=a,b``), never JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.engine.encoder import Device
+
+
+def _split_commas(value: object) -> object:
+    """Turn ``"a, b,,c"`` into ``["a", "b", "c"]``; leave lists as they are."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+"""A list setting written as comma-separated text in the environment."""
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """The service's configuration; each field is an ``EMBED_<NAME>`` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBED_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    model_dir: Path = Path("models/all-MiniLM-L6-v2")
+    device: Device = "cpu"
+    intra_op_threads: int = Field(default=0, ge=0, description="0 means one per core")
+    inter_op_threads: int = Field(default=1, ge=0)
+    max_inputs: int = Field(default=2048, ge=1)
+    max_input_chars: int = Field(default=100_000, ge=1)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_batch_tokens: int = Field(default=8192, ge=256, description="padded tokens per pass")
+    max_batch_rows: int = Field(default=64, ge=1)
+    log_level: LogLevel = "info"

@@ -1,0 +1,106 @@
+"""A model bundle on disk: ``model.onnx``, ``tokenizer.json`` and the manifest ``config.json``.
+
+``scripts/export_onnx.py`` writes bundles; ``load_bundle`` reads one back and checks it, so that
+every fault a user can make (wrong path, a half-copied file, an unsupported pooling mode) stops
+the start-up with one line that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from app.engine.pooling import SUPPORTED_POOLING, PoolingMode
+from app.errors import StartupError
+
+MANIFEST = "config.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+REFERENCE_FILE = "reference.json"
+EXPORT_HINT = "build it with `make models` or `scripts/export_onnx.py --source <model>`"
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """What the engine needs to know about one exported model."""
+
+    id: str
+    path: Path
+    dimension: int
+    pooling: PoolingMode
+    normalize: bool
+    max_seq_length: int
+    input_names: tuple[str, ...]
+    output_name: str
+    variant: str
+    manifest: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(path: Path, *, verify_checksum: bool = True) -> Bundle:
+    """Read and check the bundle in ``path``; raise ``StartupError`` saying what is wrong."""
+    path = path.resolve()
+    if not path.is_dir():
+        raise StartupError(f"model bundle {path} does not exist; {EXPORT_HINT}")
+    manifest = _read_manifest(path)
+    for name in (MODEL_FILE, TOKENIZER_FILE):
+        if not (path / name).is_file():
+            raise StartupError(f"model bundle {path} has no {name}; re-export it ({EXPORT_HINT})")
+    expected = manifest.get("model_sha256")
+    if verify_checksum and expected and sha256_of(path / MODEL_FILE) != expected:
+        raise StartupError(
+            f"{path / MODEL_FILE} does not match the sha256 in its manifest (corrupted or "
+            f"partly copied); re-export it ({EXPORT_HINT})"
+        )
+    pooling = manifest["pooling"]
+    if pooling not in SUPPORTED_POOLING:
+        raise StartupError(
+            f"model bundle {path} uses pooling mode {pooling!r}; this service supports "
+            f"{', '.join(SUPPORTED_POOLING)} only"
+        )
+    return Bundle(
+        id=path.name,
+        path=path,
+        dimension=int(manifest["dimension"]),
+        pooling=cast(PoolingMode, pooling),
+        normalize=bool(manifest["normalize"]),
+        max_seq_length=int(manifest["max_seq_length"]),
+        input_names=tuple(manifest["inputs"]),
+        output_name=str(manifest["output"]),
+        variant=str(manifest.get("variant", "fp32")),
+        manifest=manifest,
+    )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StartupError(f"model bundle {path} has no {MANIFEST}; {EXPORT_HINT}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StartupError(f"{file} is not valid JSON ({exc}); re-export the bundle") from None
+    required = ("dimension", "pooling", "normalize", "max_seq_length", "inputs", "output")
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise StartupError(f"{file} lacks {', '.join(missing)}; re-export the bundle")
+    return cast(dict[str, Any], manifest)

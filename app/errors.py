@@ -1,0 +1,149 @@
+"""The service's errors and the one table that gives each its HTTP status, type and code.
+
+Every error a client can see is a ``ServiceError``; the API layer turns it into
+``{"error": {"message", "type", "code"}}`` with the status from ``ERROR_TABLE``. Nothing else
+decides a status code. The tree::
+
+    ServiceError
+    ├── InvalidJSON          400  body is not JSON, or not valid UTF-8
+    ├── ValidationFailed     422  field missing, wrong type, unknown field, empty list
+    ├── InvalidText          422  text that cannot be encoded (a lone surrogate)
+    ├── InputTooLong         422  more tokens than the model takes, with truncate=false
+    ├── PayloadTooLarge      413  too many inputs, too many characters, body too large
+    ├── NotFound             404  no such route
+    ├── MethodNotAllowed     405  route exists, method does not
+    ├── NotReady             503  model not loaded yet
+    ├── ShuttingDown         503  the server is draining
+    └── InternalError        500  anything unexpected (the message never says what)
+
+Apart from that tree, ``StartupError`` is a fault that keeps the process from starting (a
+missing bundle, a missing CUDA provider); it never reaches a client.
+
+This module imports nothing from FastAPI, so the engine raises these too.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar, Final, NamedTuple
+
+
+class ErrorCode(StrEnum):
+    """The machine-readable ``code`` of an error response."""
+
+    INVALID_JSON = "invalid_json"
+    VALIDATION_ERROR = "validation_error"
+    INVALID_TEXT = "invalid_text"
+    INPUT_TOO_LONG = "input_too_long"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_READY = "not_ready"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
+
+
+class ErrorRow(NamedTuple):
+    """One row of the error table: the HTTP status and the error ``type``."""
+
+    status: int
+    type: str
+
+
+_INVALID = "invalid_request_error"
+_UNAVAILABLE = "service_unavailable"
+
+ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
+    ErrorCode.INVALID_JSON: ErrorRow(400, _INVALID),
+    ErrorCode.VALIDATION_ERROR: ErrorRow(422, _INVALID),
+    ErrorCode.INVALID_TEXT: ErrorRow(422, _INVALID),
+    ErrorCode.INPUT_TOO_LONG: ErrorRow(422, _INVALID),
+    ErrorCode.PAYLOAD_TOO_LARGE: ErrorRow(413, _INVALID),
+    ErrorCode.NOT_FOUND: ErrorRow(404, _INVALID),
+    ErrorCode.METHOD_NOT_ALLOWED: ErrorRow(405, _INVALID),
+    ErrorCode.NOT_READY: ErrorRow(503, _UNAVAILABLE),
+    ErrorCode.SHUTTING_DOWN: ErrorRow(503, _UNAVAILABLE),
+    ErrorCode.INTERNAL_ERROR: ErrorRow(500, "server_error"),
+}
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see; ``code`` picks its row in ``ERROR_TABLE``."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return ERROR_TABLE[self.code].status
+
+    @property
+    def type(self) -> str:
+        return ERROR_TABLE[self.code].type
+
+
+class InvalidJSON(ServiceError):
+    """The body is not JSON, or not valid UTF-8."""
+
+    code = ErrorCode.INVALID_JSON
+
+
+class ValidationFailed(ServiceError):
+    """The JSON does not match the route's schema."""
+
+    code = ErrorCode.VALIDATION_ERROR
+
+
+class InvalidText(ServiceError):
+    """A text holds something that cannot be encoded as UTF-8, such as a lone surrogate."""
+
+    code = ErrorCode.INVALID_TEXT
+
+
+class InputTooLong(ServiceError):
+    """An input has more tokens than the model takes and truncation was turned off."""
+
+    code = ErrorCode.INPUT_TOO_LONG
+
+
+class PayloadTooLarge(ServiceError):
+    """A request is over one of the size limits."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class NotFound(ServiceError):
+    """No route matches the path."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class MethodNotAllowed(ServiceError):
+    """The route exists but does not take this method."""
+
+    code = ErrorCode.METHOD_NOT_ALLOWED
+
+
+class NotReady(ServiceError):
+    """The model is not loaded and warmed up yet."""
+
+    code = ErrorCode.NOT_READY
+
+
+class ShuttingDown(ServiceError):
+    """The server is draining and takes no new work."""
+
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class InternalError(ServiceError):
+    """Something unexpected; the message is generic and the details go to the log."""
+
+    code = ErrorCode.INTERNAL_ERROR
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says what is wrong and how to fix it."""

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Re-pins requirements/{runtime,test,export}.txt from pyproject.toml, each in a throwaway venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+deps() {  # the dependency list of pyproject.toml, or of one optional group
+  python3 - "$1" <<'PY'
+import sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+group = sys.argv[1]
+print("\n".join(project["dependencies"] if group == "runtime" else project["optional-dependencies"][group]))
+PY
+}
+freeze() { "$tmp/$1/bin/pip" freeze --exclude-editable | sort -f; }
+
+python3 -m venv "$tmp/rt"
+"$tmp/rt/bin/pip" install -q -r <(deps runtime)
+freeze rt > "$tmp/runtime"
+"$tmp/rt/bin/pip" install -q -r <(deps test)
+freeze rt | comm -13 "$tmp/runtime" - > "$tmp/test"
+
+python3 -m venv "$tmp/ex"
+"$tmp/ex/bin/pip" install -q torch==2.13.0
+"$tmp/ex/bin/pip" install -q -r <(deps export)
+freeze ex | grep -v '^torch==' > "$tmp/export"
+
+{ echo "# Runtime environment (.venv): exact versions. No torch here, ever."
+  echo "# Regenerate with 'make lock' after changing dependencies in pyproject.toml."
+  cat "$tmp/runtime"; } > requirements/runtime.txt
+{ echo "# Test tools, installed on top of requirements/runtime.txt in .venv."
+  cat "$tmp/test"; } > requirements/test.txt
+{ echo "# Export environment (.venv-export): build time only. torch==2.13.0 (CPU) is installed"
+  echo "# first, on its own, by the Makefile; every other version is pinned here."
+  cat "$tmp/export"; } > requirements/export.txt
+echo "pinned: $(grep -vc '^#' requirements/runtime.txt) runtime, $(grep -vc '^#' requirements/test.txt) test, $(grep -vc '^#' requirements/export.txt) export packages"

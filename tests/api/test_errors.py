@@ -1,0 +1,178 @@
+"""Every row of the error table: the status, type and code, in the one JSON shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.engine.engine import EmbeddingEngine, Limits
+from app.main import create_app
+from tests.conftest import error_of
+
+INVALID = "invalid_request_error"
+JSON = {"content-type": "application/json"}
+
+# (route, raw body, expected status, expected code)
+BAD_BODIES = [
+    ("/embed", b'{"inputs": ', 400, "invalid_json"),
+    ("/embed", b'{"inputs": "\xff\xfe"}', 400, "invalid_json"),
+    ("/embed", b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+    ("/embed", b"{}", 422, "validation_error"),
+    ("/embed", b'{"inputs": 42}', 422, "validation_error"),
+    ("/embed", b'{"inputs": ["a", 7]}', 422, "validation_error"),
+    ("/embed", b'{"inputs": []}', 422, "validation_error"),
+    ("/embed", b'{"inputs": "a", "colour": "red"}', 422, "validation_error"),
+    ("/embed", b'{"inputs": "a", "normalize": "true"}', 422, "validation_error"),
+    ("/embed", b'{"inputs": "a", "truncate": 1}', 422, "validation_error"),
+    ("/embed", b'"just a string"', 422, "validation_error"),
+    ("/embed", b'{"inputs": "\\ud800"}', 422, "invalid_text"),
+    ("/embed", b'{"inputs": ["fine", "bad \\udfff here"]}', 422, "invalid_text"),
+    ("/similarity", b'{"source": "a"}', 422, "validation_error"),
+    ("/similarity", b'{"source": "a", "targets": []}', 422, "validation_error"),
+    ("/similarity", b'{"source": "\\ud800", "targets": ["b"]}', 422, "invalid_text"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "status", "code"), BAD_BODIES)
+def test_bad_body(client: TestClient, route: str, body: bytes, status: int, code: str) -> None:
+    response = client.post(route, content=body, headers=JSON)
+    assert error_of(response) == (status, INVALID, code)
+
+
+def test_a_body_without_json_content_type_says_what_to_send(client: TestClient) -> None:
+    plain = {"content-type": "text/plain"}
+    response = client.post("/embed", content=b'{"inputs": "a"}', headers=plain)
+    assert error_of(response) == (422, INVALID, "validation_error")
+    assert "Content-Type: application/json" in response.json()["error"]["message"]
+
+
+def test_input_too_long_names_its_token_count_and_the_limit(client: TestClient) -> None:
+    response = client.post("/embed", json={"inputs": ["ok", "word " * 300], "truncate": False})
+    assert error_of(response) == (422, INVALID, "input_too_long")
+    assert response.json()["error"]["message"].startswith("input 1 has 302 tokens")
+    assert "limit of 256" in response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def small_limits(engine: EmbeddingEngine) -> Iterator[TestClient]:
+    """The same model behind limits small enough to hit with a few bytes."""
+    settings = Settings(max_inputs=4, max_input_chars=50, max_body_bytes=2048)
+    limited = EmbeddingEngine(engine.encoder, Limits(max_inputs=4, max_input_chars=50))
+    with TestClient(create_app(settings, limited), raise_server_exceptions=False) as client:
+        yield client
+    limited.close()
+
+
+def test_engine_limits_come_from_the_settings(engine: EmbeddingEngine) -> None:
+    assert engine.limits.max_inputs == 2048 and engine.limits.max_input_chars == 100_000
+
+
+def test_too_many_inputs(client: TestClient, settings: Settings) -> None:
+    response = client.post("/embed", json={"inputs": ["a"] * (settings.max_inputs + 1)})
+    assert error_of(response) == (413, INVALID, "payload_too_large")
+    assert "2049 inputs" in response.json()["error"]["message"]
+    assert "limit is 2048 (EMBED_MAX_INPUTS)" in response.json()["error"]["message"]
+
+
+def test_too_many_characters(client: TestClient) -> None:
+    response = client.post("/embed", json={"inputs": ["ok", "x" * 100_001]})
+    assert error_of(response) == (413, INVALID, "payload_too_large")
+    assert "input 1 has 100001 characters; the limit is 100000" in response.text
+
+
+def test_similarity_counts_the_source_as_an_input(client: TestClient) -> None:
+    response = client.post("/similarity", json={"source": "s", "targets": ["t"] * 2048})
+    assert error_of(response) == (413, INVALID, "payload_too_large")
+
+
+def test_body_over_the_limit_by_content_length(client: TestClient) -> None:
+    body = b'{"inputs": "' + b"a" * (4 * 1024 * 1024) + b'"}'
+    response = client.post("/embed", content=body, headers=JSON)
+    assert error_of(response) == (413, INVALID, "payload_too_large")
+    assert "limit of 4194304 bytes (EMBED_MAX_BODY_BYTES)" in response.text
+
+
+def test_chunked_body_over_the_limit(small_limits: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": "'
+        for _ in range(10):
+            yield b"a" * 512
+        yield b'"}'
+
+    response = small_limits.post("/embed", content=chunks(), headers=JSON)
+    assert error_of(response) == (413, INVALID, "payload_too_large")
+
+
+def test_chunked_body_under_the_limit_is_served(small_limits: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": '
+        yield b'"hello"}'
+
+    response = small_limits.post("/embed", content=chunks(), headers=JSON)
+    assert response.status_code == 200 and len(response.json()["embeddings"]) == 1
+
+
+def test_limits_from_settings(small_limits: TestClient) -> None:
+    assert error_of(small_limits.post("/embed", json={"inputs": ["a"] * 5}))[0] == 413
+    assert error_of(small_limits.post("/embed", json={"inputs": "x" * 51}))[0] == 413
+    assert small_limits.post("/embed", json={"inputs": ["x" * 50] * 4}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/embed"),
+        ("PUT", "/embed"),
+        ("DELETE", "/similarity"),
+        ("POST", "/health"),
+        ("POST", "/metrics"),
+        ("PATCH", "/health/live"),
+    ],
+)
+def test_wrong_method(client: TestClient, method: str, path: str) -> None:
+    response = client.request(method, path)
+    assert error_of(response) == (405, INVALID, "method_not_allowed")
+    assert "allow" in response.headers
+
+
+@pytest.mark.parametrize("path", ["/nope", "/embed/extra", "/v2/embed", "/"])
+def test_unknown_route(client: TestClient, path: str) -> None:
+    assert error_of(client.get(path)) == (404, INVALID, "not_found")
+
+
+def test_not_ready_before_the_model_is_loaded(settings: Settings) -> None:
+    unstarted = TestClient(create_app(settings))  # lifespan not run: nothing loaded
+    assert error_of(unstarted.get("/health")) == (503, "service_unavailable", "not_ready")
+    response = unstarted.post("/embed", json={"inputs": "a"})
+    assert error_of(response) == (503, "service_unavailable", "not_ready")
+    assert unstarted.get("/health/live").status_code == 200
+
+
+def test_an_engine_fault_is_a_500_with_a_request_id_and_no_internals(
+    client: TestClient,
+    engine: EmbeddingEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail /opt/model")
+
+    monkeypatch.setattr(engine.encoder, "forward", explode)
+    response = client.post("/embed", json={"inputs": "a"}, headers={"X-Request-ID": "req-500"})
+    assert error_of(response) == (500, "server_error", "internal_error")
+    assert "req-500" in response.json()["error"]["message"]
+    assert "secret" not in response.text and "RuntimeError" not in response.text
+    assert "req-500" in caplog.text and "secret internal detail" in caplog.text
+    monkeypatch.undo()
+    assert client.post("/embed", json={"inputs": "a"}).status_code == 200
+
+
+def test_the_server_keeps_serving_after_bad_input(client: TestClient) -> None:
+    for route, body, _, _ in BAD_BODIES:
+        client.post(route, content=body, headers=JSON)
+    response = client.post("/embed", json={"inputs": "still here"})
+    assert response.status_code == 200 and len(response.json()["embeddings"][0]) == 384

@@ -1,0 +1,68 @@
+"""Fixtures shared by every test: the real exported bundle, a loaded engine, a TestClient."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.engine.engine import EmbeddingEngine
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = Path(os.environ.get("EMBED_TEST_MODEL_DIR", ROOT / "models" / "all-MiniLM-L6-v2"))
+STSB = Path(os.environ.get("EMBED_TEST_STSB", ROOT.parent / "shared" / "data" / "stsb-test.tsv"))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    if not (MODEL_DIR / "config.json").is_file():
+        pytest.fail(f"no bundle at {MODEL_DIR}: run the tests with `make test`, which builds it")
+    return Settings(model_dir=MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[EmbeddingEngine]:
+    loaded = EmbeddingEngine.from_settings(settings)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings, engine: EmbeddingEngine) -> Iterator[TestClient]:
+    """A client of the real app on the real model; 5xx come back as responses, not raises."""
+    with TestClient(create_app(settings, engine), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict[str, Any]:
+    """PyTorch's vectors for the export's verification sentences (written by the export)."""
+    return json.loads((MODEL_DIR / "reference.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def stsb() -> list[tuple[float, str, str]]:
+    """STS Benchmark test pairs: (gold score, sentence 1, sentence 2)."""
+    if not STSB.is_file():
+        pytest.fail(f"STS-B data not found at {STSB} (set EMBED_TEST_STSB)")
+    rows = []
+    for line in STSB.read_text(encoding="utf-8").splitlines():
+        fields = line.split("\t")
+        rows.append((float(fields[4]), fields[5], fields[6]))
+    return rows
+
+
+def error_of(response: Any) -> tuple[int, str, str]:
+    """(status, type, code) of an error response, checking its shape on the way."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "code"}, body
+    assert body["error"]["message"], body
+    return response.status_code, body["error"]["type"], body["error"]["code"]

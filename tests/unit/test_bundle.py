@@ -1,0 +1,76 @@
+"""Start-up faults: each is a StartupError with one line saying what is wrong and what to do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.engine.bundle import load_bundle
+from app.engine.encoder import Encoder
+from app.errors import StartupError
+
+
+@pytest.fixture
+def bundle_copy(settings: Settings, tmp_path: Path) -> Path:
+    """A copy of the real bundle whose model.onnx is a link, so tests can break the rest."""
+    copy = tmp_path / "copy-model"
+    copy.mkdir()
+    for item in settings.model_dir.iterdir():
+        if item.name == "model.onnx":
+            (copy / item.name).symlink_to(item.resolve())
+        else:
+            shutil.copy(item, copy / item.name)
+    return copy
+
+
+def test_the_real_bundle_loads(settings: Settings) -> None:
+    bundle = load_bundle(settings.model_dir)
+    assert (bundle.id, bundle.dimension, bundle.pooling) == ("all-MiniLM-L6-v2", 384, "mean")
+    assert bundle.max_seq_length == 256 and bundle.normalize
+    assert bundle.input_names == ("input_ids", "attention_mask", "token_type_ids")
+
+
+def test_the_id_is_the_folder_name(bundle_copy: Path) -> None:
+    assert load_bundle(bundle_copy).id == "copy-model"
+
+
+def test_missing_bundle(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match="does not exist; build it with `make models`"):
+        load_bundle(tmp_path / "nothing-here")
+
+
+def test_missing_tokenizer(bundle_copy: Path) -> None:
+    (bundle_copy / "tokenizer.json").unlink()
+    with pytest.raises(StartupError, match=r"has no tokenizer\.json; re-export"):
+        load_bundle(bundle_copy)
+
+
+def test_corrupted_model_fails_the_checksum(bundle_copy: Path) -> None:
+    (bundle_copy / "model.onnx").unlink()
+    (bundle_copy / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(StartupError, match="does not match the sha256"):
+        load_bundle(bundle_copy)
+
+
+def test_unsupported_pooling_is_refused(bundle_copy: Path) -> None:
+    manifest = json.loads((bundle_copy / "config.json").read_text())
+    manifest["pooling"] = "max"
+    (bundle_copy / "config.json").write_text(json.dumps(manifest))
+    with pytest.raises(StartupError, match=r"pooling mode 'max'; this service supports mean, cls"):
+        load_bundle(bundle_copy)
+
+
+def test_broken_manifest(bundle_copy: Path) -> None:
+    (bundle_copy / "config.json").write_text("{not json")
+    with pytest.raises(StartupError, match="is not valid JSON"):
+        load_bundle(bundle_copy)
+
+
+def test_unreadable_tokenizer(bundle_copy: Path) -> None:
+    (bundle_copy / "tokenizer.json").write_text("{}")
+    with pytest.raises(StartupError, match=r"cannot read .*tokenizer\.json"):
+        Encoder.load(load_bundle(bundle_copy))
