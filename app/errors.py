@@ -12,8 +12,11 @@ decides a status code. The tree::
     ├── PayloadTooLarge      413  too many inputs, too many characters, body too large
     ├── NotFound             404  no such route
     ├── MethodNotAllowed     405  route exists, method does not
+    ├── Overloaded           429  the queue is full (with Retry-After)
+    ├── ClientClosed         499  the client left before its answer (nginx's code; never seen)
     ├── NotReady             503  model not loaded yet
     ├── ShuttingDown         503  the server is draining
+    ├── RequestTimeout       503  the request waited past its deadline
     └── InternalError        500  anything unexpected (the message never says what)
 
 Apart from that tree, ``StartupError`` is a fault that keeps the process from starting (a
@@ -38,8 +41,11 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    OVERLOADED = "overloaded"
+    CLIENT_CLOSED = "client_closed"
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
+    TIMEOUT = "timeout"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -61,8 +67,11 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorRow(413, _INVALID),
     ErrorCode.NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorRow(405, _INVALID),
+    ErrorCode.OVERLOADED: ErrorRow(429, "overloaded_error"),
+    ErrorCode.CLIENT_CLOSED: ErrorRow(499, _INVALID),
     ErrorCode.NOT_READY: ErrorRow(503, _UNAVAILABLE),
     ErrorCode.SHUTTING_DOWN: ErrorRow(503, _UNAVAILABLE),
+    ErrorCode.TIMEOUT: ErrorRow(503, _UNAVAILABLE),
     ErrorCode.INTERNAL_ERROR: ErrorRow(500, "server_error"),
 }
 
@@ -75,6 +84,7 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}  # extra response headers, such as Retry-After
 
     @property
     def status(self) -> int:
@@ -125,6 +135,24 @@ class MethodNotAllowed(ServiceError):
     """The route exists but does not take this method."""
 
     code = ErrorCode.METHOD_NOT_ALLOWED
+
+
+class Overloaded(ServiceError):
+    """The queue is full; the response says when to retry."""
+
+    code = ErrorCode.OVERLOADED
+
+
+class ClientClosed(ServiceError):
+    """The client closed the connection before its answer was ready; its work was dropped."""
+
+    code = ErrorCode.CLIENT_CLOSED
+
+
+class RequestTimeout(ServiceError):
+    """The request waited longer than its deadline (EMBED_REQUEST_TIMEOUT_S)."""
+
+    code = ErrorCode.TIMEOUT
 
 
 class NotReady(ServiceError):

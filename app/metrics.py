@@ -6,7 +6,7 @@ so ``/metrics`` shows CPU, memory and file descriptors as well.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # The *_created series double every counter on the page and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -51,4 +51,18 @@ INFERENCE_DURATION = Histogram(
 )
 BATCH_SIZE = Histogram(
     "embed_batch_size", "Rows in one forward pass.", ["model"], buckets=SIZE_BUCKETS
+)
+TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+BATCH_TOKENS = Histogram(
+    "embed_batch_tokens",
+    "Tokens in one forward pass: real (the texts' own) or padded (rows x longest row).",
+    ["model", "kind"],
+    buckets=TOKEN_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("embed_queue_depth", "Inputs waiting for a forward pass.", ["model"])
+QUEUE_WAIT = Histogram(
+    "embed_queue_wait_seconds",
+    "Time from a request's arrival in the queue to its first forward pass.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
 )

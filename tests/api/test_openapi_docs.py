@@ -6,8 +6,8 @@ from fastapi.testclient import TestClient
 def test_every_error_response_is_declared(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     declared = {
-        ("/embed", "post"): {"200", "400", "413", "422", "500", "503"},
-        ("/similarity", "post"): {"200", "400", "413", "422", "500", "503"},
+        ("/embed", "post"): {"200", "400", "413", "422", "429", "500", "503"},
+        ("/similarity", "post"): {"200", "400", "413", "422", "429", "500", "503"},
         ("/health", "get"): {"200", "500", "503"},
     }
     for (path, method), statuses in declared.items():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app.api.deps import EngineDep
+from app.api.disconnect import unless_disconnected
 from app.api.errors import error_responses
 from app.api.responses import FastJSONResponse
 from app.api.schemas import EmbedRequest, EmbedResponse, SimilarityRequest, SimilarityResponse
@@ -18,15 +19,18 @@ _TEXT_ERRORS = (
     C.INVALID_TEXT,
     C.INPUT_TOO_LONG,
     C.PAYLOAD_TOO_LARGE,
+    C.OVERLOADED,
     C.NOT_READY,
+    C.TIMEOUT,
 )
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=error_responses(*_TEXT_ERRORS))
-async def embed(body: EmbedRequest, engine: EngineDep) -> FastJSONResponse:
+async def embed(request: Request, body: EmbedRequest, engine: EngineDep) -> FastJSONResponse:
     """Embed one text or a list of texts; one vector per input, in input order."""
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    result = await engine.embed(texts, normalize=body.normalize, truncate=body.truncate)
+    work = engine.embed(texts, normalize=body.normalize, truncate=body.truncate)
+    result = await unless_disconnected(request, work)
     tokens = sum(result.token_counts)
     return FastJSONResponse(
         {
@@ -41,9 +45,12 @@ async def embed(body: EmbedRequest, engine: EngineDep) -> FastJSONResponse:
 @router.post(
     "/similarity", response_model=SimilarityResponse, responses=error_responses(*_TEXT_ERRORS)
 )
-async def similarity(body: SimilarityRequest, engine: EngineDep) -> FastJSONResponse:
+async def similarity(
+    request: Request, body: SimilarityRequest, engine: EngineDep
+) -> FastJSONResponse:
     """Cosine similarity of ``source`` with each of ``targets``, in order."""
-    scores, tokens = await engine.similarity(body.source, body.targets, truncate=body.truncate)
+    work = engine.similarity(body.source, body.targets, truncate=body.truncate)
+    scores, tokens = await unless_disconnected(request, work)
     return FastJSONResponse(
         {
             "model": engine.model_id,

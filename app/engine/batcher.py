@@ -1,0 +1,226 @@
+"""The queue and the micro-batching loop: rows from many requests share forward passes.
+
+One worker thread owns the model. Requests put their tokenized rows on a bounded queue and get
+a future. The worker wakes as soon as anything is queued (no fixed sleep: a lone request runs at
+once), takes a round of rows in arrival order (about four passes' worth, so a huge request cannot
+starve the ones behind it), sorts the round by length and runs it in token-budgeted passes
+(``plan_batches``). Each row's vector goes back into its request's own array, so every caller
+gets its inputs' vectors in its own order. While a round runs, new arrivals queue up and form the
+next round, which is how batches grow under load.
+
+Requests whose future was cancelled (deadline passed, client gone) are dropped before inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tokenizers import Encoding
+
+from app.engine.batches import plan_batches
+from app.engine.encoder import Embedded, Encoder
+from app.engine.pooling import Floats, l2_normalize
+from app.errors import Overloaded, ShuttingDown
+from app.metrics import BATCH_SIZE, BATCH_TOKENS, INFERENCE_DURATION, QUEUE_DEPTH, QUEUE_WAIT
+
+log = logging.getLogger(__name__)
+ROUND_PASSES = 4  # a round holds about this many full passes
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's rows on their way through the queue."""
+
+    encodings: Sequence[Encoding]
+    lengths: list[int]
+    normalize: bool
+    future: asyncio.Future[Embedded]
+    loop: asyncio.AbstractEventLoop
+    vectors: Floats
+    enqueued: float = field(default_factory=time.perf_counter)
+    taken: int = 0  # rows handed to rounds so far
+    done: int = 0  # rows with a vector
+    failed: bool = False
+
+    def abandoned(self) -> bool:
+        """Cancelled by the caller (deadline, client gone) or failed already: skip its rows."""
+        return self.failed or self.future.done()
+
+
+Outcome = tuple[Job, Embedded | BaseException]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """Runs on the event loop: resolve the futures of the jobs a pass finished."""
+    for job, result in outcomes:
+        if job.future.done():
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
+
+
+def _deliver(outcomes: list[Outcome]) -> None:
+    """Hand outcomes to their event loops, one wake-up per loop rather than one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, batch in by_loop.items():
+        loop.call_soon_threadsafe(_settle, batch)
+
+
+class Batcher:
+    """The queue in front of one encoder, and the thread that drains it."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        max_batch_tokens: int,
+        max_batch_rows: int,
+        max_queue_tokens: int,
+        max_wait_s: float = 0.0,
+    ) -> None:
+        self.encoder = encoder
+        self.model_id = encoder.bundle.id
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_rows = max_batch_rows
+        self.max_queue_tokens = max_queue_tokens
+        self.max_wait_s = max_wait_s
+        self._jobs: deque[Job] = deque()
+        self._queued_tokens = 0
+        self._queued_rows = 0
+        self._throughput = 0.0  # tokens/s of recent passes, for Retry-After
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    def submit(self, encodings: Sequence[Encoding], normalize: bool) -> asyncio.Future[Embedded]:
+        """Queue one request's rows; ``Overloaded`` at once when the queue is full."""
+        loop = asyncio.get_running_loop()
+        lengths = [len(e.ids) for e in encodings]
+        tokens = sum(lengths)
+        job = Job(
+            encodings=encodings,
+            lengths=lengths,
+            normalize=normalize,
+            future=loop.create_future(),
+            loop=loop,
+            vectors=np.empty((len(encodings), self.encoder.bundle.dimension), np.float32),
+        )
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            # A request bigger than the whole queue still gets in when the queue is empty.
+            if self._queued_tokens and self._queued_tokens + tokens > self.max_queue_tokens:
+                raise self._overloaded(tokens)
+            self._jobs.append(job)
+            self._queued_tokens += tokens
+            self._queued_rows += len(encodings)
+            QUEUE_DEPTH.labels(self.model_id).set(self._queued_rows)
+            self._cond.notify()
+        return job.future
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _overloaded(self, tokens: int) -> Overloaded:
+        rate = self._throughput or 1000.0
+        retry_after = max(1, math.ceil(self._queued_tokens / rate))
+        error = Overloaded(
+            f"the queue holds {self._queued_tokens} tokens and this request adds {tokens}; "
+            f"the limit is {self.max_queue_tokens} (EMBED_MAX_QUEUE_TOKENS); retry shortly"
+        )
+        error.headers = {"Retry-After": str(retry_after)}
+        return error
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                if self.max_wait_s and self._queued_tokens < self.max_batch_tokens:
+                    self._cond.wait(self.max_wait_s)  # an optional short wait for company
+                work = self._take_round()
+            self._run_round(work)
+
+    def _take_round(self) -> list[tuple[Job, int]]:
+        """Rows in arrival order, about ``ROUND_PASSES`` passes' worth; the lock is held."""
+        budget = self.max_batch_tokens * ROUND_PASSES
+        work: list[tuple[Job, int]] = []
+        tokens = 0
+        now = time.perf_counter()
+        while self._jobs and tokens < budget:
+            job = self._jobs[0]
+            lengths = job.lengths
+            if job.taken == 0:
+                QUEUE_WAIT.labels(self.model_id).observe(now - job.enqueued)
+            abandoned = job.abandoned()
+            while job.taken < len(lengths) and tokens < budget:
+                if not abandoned:
+                    work.append((job, job.taken))
+                    tokens += lengths[job.taken]
+                self._queued_tokens -= lengths[job.taken]
+                self._queued_rows -= 1
+                job.taken += 1
+            if job.taken == len(lengths):
+                self._jobs.popleft()
+        QUEUE_DEPTH.labels(self.model_id).set(self._queued_rows)
+        return work
+
+    def _run_round(self, work: list[tuple[Job, int]]) -> None:
+        lengths = [job.lengths[row] for job, row in work]
+        plan = plan_batches(lengths, max_tokens=self.max_batch_tokens, max_rows=self.max_batch_rows)
+        for indices in plan:
+            rows = [work[i] for i in indices if not work[i][0].abandoned()]
+            if rows:
+                self._run_pass(rows)
+
+    def _run_pass(self, rows: list[tuple[Job, int]]) -> None:
+        encodings = [job.encodings[row] for job, row in rows]
+        started = time.perf_counter()
+        try:
+            vectors = self.encoder.forward(encodings)
+        except Exception as exc:  # one bad pass must not end the worker
+            log.exception("forward pass of %d rows failed", len(rows))
+            failed = {job for job, _ in rows}
+            for job in failed:
+                job.failed = True
+            _deliver([(job, exc) for job in failed])
+            return
+        elapsed = time.perf_counter() - started
+        real = sum(len(e.ids) for e in encodings)
+        padded = len(encodings) * max(len(e.ids) for e in encodings)
+        self._throughput = 0.8 * self._throughput + 0.2 * (real / max(elapsed, 1e-6))
+        INFERENCE_DURATION.labels(self.model_id).observe(elapsed)
+        BATCH_SIZE.labels(self.model_id).observe(len(rows))
+        BATCH_TOKENS.labels(self.model_id, "real").observe(real)
+        BATCH_TOKENS.labels(self.model_id, "padded").observe(padded)
+        finished: list[Outcome] = []
+        for (job, row), vector in zip(rows, vectors, strict=True):
+            job.vectors[row] = vector
+            job.done += 1
+            if job.done == len(job.lengths):
+                result = l2_normalize(job.vectors) if job.normalize else job.vectors
+                finished.append((job, Embedded(result, job.lengths)))
+        _deliver(finished)
