@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,16 @@ def stsb() -> list[tuple[float, str, str]]:
         fields = line.split("\t")
         rows.append((float(fields[4]), fields[5], fields[6]))
     return rows
+
+
+def slowed(forward: Callable[[Any], Any], seconds: float) -> Callable[[Any], Any]:
+    """``forward`` taking ``seconds`` longer: a busy model, for queue and deadline tests."""
+
+    def slow(encodings: Any) -> Any:
+        time.sleep(seconds)
+        return forward(encodings)
+
+    return slow
 
 
 def error_of(response: Any) -> tuple[int, str, str]:

@@ -75,7 +75,10 @@ def _deliver(outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
     for loop, batch in by_loop.items():
-        loop.call_soon_threadsafe(_settle, batch)
+        try:
+            loop.call_soon_threadsafe(_settle, batch)
+        except RuntimeError:  # that loop has closed: nobody is waiting for these any more
+            log.debug("dropped %d results for a closed event loop", len(batch))
 
 
 class Batcher:

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine, Limits
+from app.engine.engine import Batching, EmbeddingEngine, Limits
 from app.main import create_app
-from tests.conftest import error_of
+from tests.conftest import error_of, slowed
 
 INVALID = "invalid_request_error"
 JSON = {"content-type": "application/json"}
@@ -176,3 +176,15 @@ def test_the_server_keeps_serving_after_bad_input(client: TestClient) -> None:
         client.post(route, content=body, headers=JSON)
     response = client.post("/embed", json={"inputs": "still here"})
     assert response.status_code == 200 and len(response.json()["embeddings"][0]) == 384
+
+
+def test_a_request_past_its_deadline_is_a_503_timeout(
+    engine: EmbeddingEngine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hasty = EmbeddingEngine(engine.encoder, engine.limits, Batching(request_timeout_s=0.1))
+    monkeypatch.setattr(engine.encoder, "forward", slowed(engine.encoder.forward, 0.3))
+    with TestClient(create_app(settings, hasty), raise_server_exceptions=False) as client:
+        response = client.post("/embed", json={"inputs": "too slow"})
+        assert error_of(response) == (503, "service_unavailable", "timeout")
+        assert "EMBED_REQUEST_TIMEOUT_S" in response.json()["error"]["message"]
+    hasty.close()

@@ -37,5 +37,10 @@ def test_metrics_move_with_traffic(client: TestClient) -> None:
     assert delta("embed_request_duration_seconds_count", route="/embed") == 2
     assert delta("embed_inference_duration_seconds_count", model="all-MiniLM-L6-v2") == 1
     assert delta("embed_batch_size_sum", model="all-MiniLM-L6-v2") == 2
+    assert delta("embed_queue_wait_seconds_count", model="all-MiniLM-L6-v2") == 1
+    real = delta("embed_batch_tokens_sum", model="all-MiniLM-L6-v2", kind="real")
+    padded = delta("embed_batch_tokens_sum", model="all-MiniLM-L6-v2", kind="padded")
+    assert (real, padded) == (5 + 3, 2 * 5)  # two rows padded to the longer one
+    assert "embed_queue_depth" in text
     assert sample(text, "process_resident_memory_bytes") > 10e6
     assert "embed_requests_created" not in text

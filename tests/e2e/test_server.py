@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -126,3 +127,48 @@ def test_startup_faults_exit_with_one_clear_line(
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], output
     assert "Traceback" not in output
+
+
+def test_a_flood_beyond_the_queue_gets_fast_429s_and_the_rest_finish(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {
+        "EMBED_PORT": str(port),
+        "EMBED_MODEL_DIR": str(settings.model_dir),
+        "EMBED_MAX_QUEUE_TOKENS": "300",
+    }
+    process = start(env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        texts = [
+            [f"flood request {i}, sentence {j}, with a few more words" for j in range(8)]
+            for i in range(64)
+        ]
+
+        async def flood() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+                return await asyncio.gather(
+                    *(client.post("/embed", json={"inputs": t}) for t in texts)
+                )
+
+        responses = asyncio.run(flood())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) == {200, 429}, statuses
+        for response in responses:
+            if response.status_code == 429:
+                assert response.json()["error"]["type"] == "overloaded_error"
+                assert int(response.headers["retry-after"]) >= 1
+                assert response.elapsed.total_seconds() < 1.0  # refused at once
+        check = statuses.index(200)
+        again = httpx.post(f"{url}/embed", json={"inputs": texts[check]}, timeout=30)
+        assert again.status_code == 200
+        assert np.allclose(
+            responses[check].json()["embeddings"], again.json()["embeddings"], atol=1e-5
+        )
+    finally:
+        process.terminate()
+        assert process.wait(timeout=15) == 0

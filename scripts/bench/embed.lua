@@ -1,5 +1,6 @@
--- wrk script: each request POSTs /embed with sentences from a file, one or more per request.
--- Set with: wrk ... -s one_sentence.lua -- <sentences file> <sentences per request>
+-- wrk script for scripts/bench.py: each request POSTs /embed with sentences from a file,
+-- taken in file order from a random start, one or more per request.
+-- wrk -t1 -c64 -d10s -s embed.lua http://127.0.0.1:8000 -- <sentences file> <per request>
 local sentences = {}
 local per_request = 1
 local counter = 0
@@ -28,7 +29,9 @@ function request()
 end
 
 function done(summary, latency, requests)
-  io.write(string.format("RESULT requests=%d errors_status=%d errors_other=%d p50_us=%d p99_us=%d duration_us=%d\n",
-    summary.requests, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d errors_status=%d errors_other=%d p50_us=%d p99_us=%d duration_us=%d\n",
+    summary.requests, e.status, e.connect + e.read + e.write + e.timeout,
     latency:percentile(50), latency:percentile(99), summary.duration))
 end

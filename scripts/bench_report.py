@@ -1,0 +1,169 @@
+"""The benchmark's table and target checks, as Markdown (printed and kept in docs/)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+COMMAND = "make bench  (= .venv-export/bin/python scripts/bench.py)"
+
+
+def _row(
+    name: str,
+    sent_s: float,
+    tok_s: float,
+    p50: float,
+    p99: float,
+    rss: float,
+    ceiling: float,
+    note: str = "",
+) -> str:
+    return (
+        f"| {name} | {sent_s:,.0f} | {tok_s:,.0f} | {p50:.1f} | {p99:.1f} | {rss:,.0f} | "
+        f"{ceiling:.0%} | {note} |"
+    )
+
+
+def report(
+    st: dict[str, Any],
+    engines: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]],
+    gemm: float,
+    flops_per_token: float,
+    n_sentences: int,
+    machine: dict[str, Any],
+    int8_spearman: float,
+) -> tuple[str, bool]:
+    """The Markdown report, and whether every target was met."""
+    tokens_per_sentence = st["tokens"] / n_sentences
+
+    def ceiling(tok_s: float) -> float:
+        return tok_s * flops_per_token / gemm
+
+    def in_process(name: str, r: dict[str, Any], note: str = "") -> tuple[str, float]:
+        sent_s, tok_s = n_sentences / r["seconds"], r["tokens"] / r["seconds"]
+        lat = np.array(r["latencies"]) * 1000
+        line = _row(
+            name,
+            sent_s,
+            tok_s,
+            np.percentile(lat, 50),
+            np.percentile(lat, 99),
+            r["peak_rss_mb"],
+            ceiling(tok_s),
+            note,
+        )
+        return line, sent_s
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `{COMMAND}`. Input: the {n_sentences:,} STS-B test sentences "
+        f"({tokens_per_sentence:.1f} tokens on average with [CLS] and [SEP]).",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GiB, "
+        f"Python {machine['python']}. NumPy fp32 GEMM measured in the same run: "
+        f"{gemm / 1e9:.0f} GFLOP/s; the model's dense layers cost "
+        f"{flops_per_token / 1e6:.1f} MFLOP per token, so the fp32 ceiling is "
+        f'{gemm / flops_per_token:,.0f} tokens/s. "Ceiling" is real tokens/s as a fraction of it.',
+        "",
+        "In-process latencies are per batch; service latencies are per request (wrk). Peak RSS is"
+        " VmHWM of the process doing the work.",
+        "",
+        "| configuration | sentences/s | tokens/s | p50 ms | p99 ms | peak RSS MB | ceiling "
+        "| notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    line, st_rate = in_process("sentence-transformers, PyTorch fp32, batch 32", st)
+    lines.append(line)
+    rates = {}
+    for variant, r in engines.items():
+        line, rates[variant] = in_process(
+            f"engine {variant}, in-process, batch {r['batch']}",
+            r,
+            f"one sentence alone: {r['single_p50'] * 1000:.1f} ms",
+        )
+        lines.append(line)
+    served = {}
+    for variant, s in services.items():
+        for load, run in s["runs"].items():
+            clients, per_request = load.split("x")
+            served[(variant, load)] = run["sentences_per_s"]
+            note = f"wrk used {run['wrk_cpu']:.2f} cores"
+            if run["errors"]:
+                note += f", {run['errors']} errors"
+            lines.append(
+                _row(
+                    f"service {variant}, {clients} clients x {per_request} sentence(s)",
+                    run["sentences_per_s"],
+                    run["sentences_per_s"] * tokens_per_sentence,
+                    run["p50_ms"],
+                    run["p99_ms"],
+                    s["peak_rss_mb"],
+                    ceiling(run["sentences_per_s"] * tokens_per_sentence),
+                    note,
+                )
+            )
+    best_fp32 = max(rates["fp32"], rates["fp32-opt"])
+    fp32_service = served[("fp32-opt", "64x1")] / rates["fp32-opt"]
+    int8_service = served[("int8", "64x1")] / rates["int8"]
+    idle_gap = (
+        services["fp32-opt"]["runs"]["1x1"]["p50_ms"] - engines["fp32-opt"]["single_p50"] * 1000
+    )
+    targets = [
+        (
+            "engine fp32 (best bundle) vs sentence-transformers",
+            best_fp32 / st_rate,
+            ">= 1.6x",
+            best_fp32 / st_rate >= 1.6,
+        ),
+        (
+            "engine int8 vs sentence-transformers",
+            rates["int8"] / st_rate,
+            ">= 3x",
+            rates["int8"] / st_rate >= 3,
+        ),
+        (
+            "int8 STS-B Spearman (from the export's gate)",
+            int8_spearman,
+            ">= 0.815",
+            int8_spearman >= 0.815,
+        ),
+        (
+            "service fp32, 64 one-sentence clients vs engine",
+            fp32_service,
+            ">= 85%",
+            fp32_service >= 0.85,
+        ),
+        ("service int8, 64 one-sentence clients vs engine (reported)", int8_service, "-", True),
+        (
+            "idle one-sentence p50 over the engine's own time (ms)",
+            idle_gap,
+            "<= 3 ms",
+            idle_gap <= 3,
+        ),
+        (
+            "peak RSS of the fp32 server under that load (MB)",
+            services["fp32-opt"]["peak_rss_mb"],
+            "<= 300",
+            services["fp32-opt"]["peak_rss_mb"] <= 300,
+        ),
+        (
+            "fp32 server start to ready (s)",
+            services["fp32-opt"]["ready_seconds"],
+            "<= 3",
+            services["fp32-opt"]["ready_seconds"] <= 3,
+        ),
+    ]
+    lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    for name, value, goal, met in targets:
+        shown = f"{value:.0%}" if "%" in goal or goal == "-" else f"{value:.2f}"
+        if "x" in goal:
+            shown = f"{value:.2f}x"
+        lines.append(f"| {name} | {shown} | {goal} | {'yes' if met else '**no**'} |")
+    lines += ["", "Batch sizes tried in-process (sentences/s):", ""]
+    for variant, r in engines.items():
+        tried = ", ".join(f"{a['batch']}: {n_sentences / a['seconds']:,.0f}" for a in r["all"])
+        lines.append(f"- {variant}: {tried}")
+    lines.append("")
+    return "\n".join(lines), all(met for *_, met in targets)

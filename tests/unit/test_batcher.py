@@ -1,0 +1,164 @@
+"""The micro-batching engine on the real model: order, equality, backpressure, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from tokenizers import Encoding
+
+from app.engine.engine import Batching, EmbeddingEngine, Limits
+from app.errors import Overloaded, RequestTimeout
+from tests.conftest import slowed
+
+LIMITS = Limits(max_inputs=2048, max_input_chars=100_000)
+TEXTS = [
+    "A man is playing a guitar.",
+    "Short.",
+    "A considerably longer sentence that will need quite a bit more padding than the others do.",
+    "Cats sleep a lot.",
+    "Ein Satz auf Deutsch, mit Umlauten: über, schön.",
+    "?!",
+]
+
+
+@pytest.fixture
+def fresh(engine: EmbeddingEngine) -> Iterator[Any]:
+    """Make an engine around the session's encoder with the given batching; closed after."""
+    made: list[EmbeddingEngine] = []
+
+    def make(**batching: Any) -> EmbeddingEngine:
+        made.append(EmbeddingEngine(engine.encoder, LIMITS, Batching(**batching)))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def test_batched_results_equal_unbatched_and_keep_each_callers_order(
+    engine: EmbeddingEngine,
+) -> None:
+    requests = [[TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 4)] for i in range(40)]
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(engine.embed(r) for r in requests))
+
+    results = asyncio.run(run())
+    assert len(results) == len(requests)
+    for texts, result in zip(requests, results, strict=True):
+        alone = np.vstack([engine.encoder.encode([t]).vectors for t in texts])
+        assert result.vectors.shape == alone.shape
+        assert np.allclose(result.vectors, alone, atol=1e-5)
+        assert result.token_counts == [len(e.ids) for e in engine.encoder.tokenize(texts)]
+
+
+def test_concurrent_requests_share_forward_passes(
+    engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes: list[int] = []
+    forward = engine.encoder.forward
+
+    def counting(encodings: Sequence[Encoding]) -> Any:
+        passes.append(len(encodings))
+        time.sleep(0.01)  # while one pass runs, the others queue up
+        return forward(encodings)
+
+    monkeypatch.setattr(engine.encoder, "forward", counting)
+
+    async def run() -> None:
+        await asyncio.gather(*(engine.embed([t]) for t in TEXTS * 10))
+
+    asyncio.run(run())
+    assert sum(passes) == 60 and len(passes) < 30  # far fewer passes than requests
+
+
+def test_a_full_queue_refuses_at_once_and_accepted_requests_finish(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = fresh(max_queue_tokens=200)
+    forward = small.encoder.forward
+    monkeypatch.setattr(small.encoder, "forward", slowed(forward, 0.05))
+    refused: list[float] = []
+
+    async def one(i: int) -> Any:
+        started = time.perf_counter()
+        try:
+            return await small.embed([f"request number {i}: " + "word " * 10])
+        except Overloaded as exc:
+            refused.append(time.perf_counter() - started)
+            assert int(exc.headers["Retry-After"]) >= 1
+            return None
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(one(i) for i in range(40)))
+
+    results = asyncio.run(run())
+    accepted = [r for r in results if r is not None]
+    assert refused and accepted and len(refused) + len(accepted) == 40
+    assert max(refused) < 0.05  # refused before any forward pass could finish
+    for i, result in enumerate(results):
+        if result is not None:
+            expected = forward(small.encoder.tokenize([f"request number {i}: " + "word " * 10]))
+            expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+            assert np.allclose(result.vectors, expected, atol=1e-5)
+
+
+def test_a_passed_deadline_is_a_timeout_and_its_rows_are_dropped(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = fresh(request_timeout_s=0.2)
+    release = threading.Event()
+    seen: list[str] = []
+    forward = slow.encoder.forward
+
+    def blocking(encodings: Sequence[Encoding]) -> Any:
+        seen.extend(e.tokens[1] for e in encodings)
+        release.wait(5)
+        return forward(encodings)
+
+    monkeypatch.setattr(slow.encoder, "forward", blocking)
+
+    async def run() -> None:
+        first = asyncio.ensure_future(slow.embed(["first"]))
+        try:
+            await asyncio.sleep(0.05)  # the blocker holds the worker
+            started = time.perf_counter()
+            with pytest.raises(RequestTimeout):
+                await slow.embed(["late"])
+            assert 0.15 < time.perf_counter() - started < 0.5
+        finally:
+            release.set()
+        with pytest.raises(RequestTimeout):  # it waited past its deadline too
+            await first
+
+    asyncio.run(run())
+    time.sleep(0.1)  # let the worker look at the queue once more
+    assert seen == ["first"]  # the timed-out request never reached the model
+
+
+def test_a_failing_pass_fails_its_requests_and_the_engine_keeps_serving(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = fresh()
+    forward = flaky.encoder.forward
+    calls = iter([True, False])
+
+    def sometimes(encodings: Sequence[Encoding]) -> Any:
+        if next(calls, False):
+            raise RuntimeError("injected")
+        return forward(encodings)
+
+    monkeypatch.setattr(flaky.encoder, "forward", sometimes)
+
+    async def run() -> None:
+        with pytest.raises(RuntimeError, match="injected"):
+            await flaky.embed(["first"])
+        assert (await flaky.embed(["second"])).vectors.shape == (1, 384)
+
+    asyncio.run(run())

@@ -1,0 +1,54 @@
+"""The exported variants: the default bundle is the optimised graph; int8 keeps its accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from app.config import Settings
+from app.engine.bundle import load_bundle
+from app.engine.encoder import Encoder
+
+
+def test_the_default_bundle_is_fp32_with_attention_fused(settings: Settings) -> None:
+    bundle = load_bundle(settings.model_dir)
+    assert bundle.variant == "fp32-optimized"
+    fused = bundle.manifest["optimization"]["fused"]
+    assert fused["Attention"] == bundle.manifest["num_layers"] == 6
+    assert (
+        bundle.manifest["optimization"]["nodes_after"]
+        < bundle.manifest["optimization"]["nodes_before"]
+    )
+    assert bundle.manifest["verification"]["worst_cosine_to_pytorch"] >= 0.9999
+
+
+def test_int8_is_its_own_bundle_and_keeps_stsb(
+    settings: Settings, stsb: list[tuple[float, str, str]]
+) -> None:
+    int8_dir = settings.model_dir.with_name(settings.model_dir.name + "-int8")
+    if not (int8_dir / "config.json").is_file():
+        pytest.fail(f"no int8 bundle at {int8_dir}: `make test` builds it")
+    bundle = load_bundle(int8_dir)
+    assert (bundle.id, bundle.variant) == ("all-MiniLM-L6-v2-int8", "int8")
+    checks = bundle.manifest["verification"]
+    assert checks["stsb_spearman"] >= 0.815 and checks["worst_cosine_to_fp32"] >= 0.95
+    assert bundle.model_path.stat().st_size < 30e6  # a quarter of fp32's 90 MB
+    encoder = Encoder.load(bundle)
+    left = np.vstack(
+        [
+            encoder.encode([a for _, a, _ in stsb[i : i + 64]]).vectors
+            for i in range(0, len(stsb), 64)
+        ]
+    )
+    right = np.vstack(
+        [
+            encoder.encode([b for _, _, b in stsb[i : i + 64]]).vectors
+            for i in range(0, len(stsb), 64)
+        ]
+    )
+    rho = spearmanr([g for g, _, _ in stsb], (left * right).sum(axis=1)).statistic
+    assert rho >= 0.815
+    assert json.loads((int8_dir / "config.json").read_text())["quantization"]["per_channel"]
