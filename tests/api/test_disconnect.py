@@ -20,12 +20,13 @@ from app.errors import ClientClosed
 def test_a_departed_clients_rows_never_reach_the_model(
     engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     seen: list[str] = []
     forward = engine.encoder.forward
 
     def blocking(encodings: Sequence[Encoding]) -> Any:
         seen.extend(e.tokens[1] for e in encodings)
+        entered.set()
         release.wait(5)
         return forward(encodings)
 
@@ -37,7 +38,7 @@ def test_a_departed_clients_rows_never_reach_the_model(
 
     async def run() -> None:
         first = asyncio.ensure_future(engine.embed(["first"]))
-        await asyncio.sleep(0.02)  # the first request holds the model
+        await asyncio.to_thread(entered.wait, 5)  # the first request holds the model
         request = Request({"type": "http", "method": "POST", "headers": []}, leaves_soon)
         try:
             with pytest.raises(ClientClosed):

@@ -113,12 +113,13 @@ def test_a_passed_deadline_is_a_timeout_and_its_rows_are_dropped(
     fresh: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slow = fresh(request_timeout_s=0.2)
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     seen: list[str] = []
     forward = slow.encoder.forward
 
     def blocking(encodings: Sequence[Encoding]) -> Any:
         seen.extend(e.tokens[1] for e in encodings)
+        entered.set()
         release.wait(5)
         return forward(encodings)
 
@@ -127,7 +128,7 @@ def test_a_passed_deadline_is_a_timeout_and_its_rows_are_dropped(
     async def run() -> None:
         first = asyncio.ensure_future(slow.embed(["first"]))
         try:
-            await asyncio.sleep(0.05)  # the blocker holds the worker
+            await asyncio.to_thread(entered.wait, 5)  # the first request holds the model
             started = time.perf_counter()
             with pytest.raises(RequestTimeout):
                 await slow.embed(["late"])
