@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,6 +70,25 @@ def slowed(forward: Callable[[Any], Any], seconds: float) -> Callable[[Any], Any
         return forward(encodings)
 
     return slow
+
+
+class HeldForward:
+    """A forward pass that holds the model until ``release`` is set, recording each row's first
+    word: lets a test queue requests behind a busy model and see which ones reached it."""
+
+    def __init__(self, forward: Callable[[Any], Any]) -> None:
+        self.forward = forward
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.seen: list[str] = []
+
+    def __call__(self, encodings: Any) -> Any:
+        self.seen.extend(e.tokens[1] for e in encodings)
+        self.entered.set()
+        self.release.wait(5)
+        return self.forward(encodings)
+
+    async def wait_until_busy(self) -> None:
+        await asyncio.to_thread(self.entered.wait, 5)
 
 
 def error_of(response: Any) -> tuple[int, str, str]:

@@ -108,10 +108,6 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
-    @property
-    def queued_tokens(self) -> int:
-        return self._queued_tokens
-
     def submit(self, encodings: Sequence[Encoding], normalize: bool) -> asyncio.Future[Embedded]:
         """Queue one request's rows; ``Overloaded`` at once when the queue is full."""
         loop = asyncio.get_running_loop()

@@ -143,10 +143,6 @@ class EmbeddingEngine:
         scores = cosine(embedded.vectors[0], embedded.vectors[1:])
         return scores, sum(embedded.token_counts)
 
-    @property
-    def queued_tokens(self) -> int:
-        return self._batcher.queued_tokens
-
     def close(self) -> None:
         """Finish the queued work, then stop the threads."""
         self._batcher.stop()

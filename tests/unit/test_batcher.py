@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -14,7 +13,7 @@ from tokenizers import Encoding
 
 from app.engine.engine import Batching, EmbeddingEngine, Limits
 from app.errors import Overloaded, RequestTimeout
-from tests.conftest import slowed
+from tests.conftest import HeldForward, slowed
 
 LIMITS = Limits(max_inputs=2048, max_input_chars=100_000)
 TEXTS = [
@@ -113,34 +112,25 @@ def test_a_passed_deadline_is_a_timeout_and_its_rows_are_dropped(
     fresh: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slow = fresh(request_timeout_s=0.2)
-    release, entered = threading.Event(), threading.Event()
-    seen: list[str] = []
-    forward = slow.encoder.forward
-
-    def blocking(encodings: Sequence[Encoding]) -> Any:
-        seen.extend(e.tokens[1] for e in encodings)
-        entered.set()
-        release.wait(5)
-        return forward(encodings)
-
-    monkeypatch.setattr(slow.encoder, "forward", blocking)
+    held = HeldForward(slow.encoder.forward)
+    monkeypatch.setattr(slow.encoder, "forward", held)
 
     async def run() -> None:
         first = asyncio.ensure_future(slow.embed(["first"]))
         try:
-            await asyncio.to_thread(entered.wait, 5)  # the first request holds the model
+            await held.wait_until_busy()
             started = time.perf_counter()
             with pytest.raises(RequestTimeout):
                 await slow.embed(["late"])
             assert 0.15 < time.perf_counter() - started < 0.5
         finally:
-            release.set()
+            held.release.set()
         with pytest.raises(RequestTimeout):  # it waited past its deadline too
             await first
 
     asyncio.run(run())
     time.sleep(0.1)  # let the worker look at the queue once more
-    assert seen == ["first"]  # the timed-out request never reached the model
+    assert held.seen == ["first"]  # the timed-out request never reached the model
 
 
 def test_a_failing_pass_fails_its_requests_and_the_engine_keeps_serving(
