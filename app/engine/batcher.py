@@ -158,10 +158,13 @@ class Batcher:
                     self._cond.wait()
                 if not self._jobs:
                     return
-                if self.max_wait_s and self._queued_tokens < self.max_batch_tokens:
-                    self._cond.wait(self.max_wait_s)  # an optional short wait for company
+                if self.max_wait_s:  # an optional short wait for company: a full pass, or time up
+                    self._cond.wait_for(self._full_or_stopping, self.max_wait_s)
                 work = self._take_round()
             self._run_round(work)
+
+    def _full_or_stopping(self) -> bool:
+        return self._queued_tokens >= self.max_batch_tokens or self._stopping
 
     def _take_round(self) -> list[tuple[Job, int]]:
         """Rows in arrival order, about ``ROUND_PASSES`` passes' worth; the lock is held."""

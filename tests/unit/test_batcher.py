@@ -153,3 +153,27 @@ def test_a_failing_pass_fails_its_requests_and_the_engine_keeps_serving(
         assert (await flaky.embed(["second"])).vectors.shape == (1, 384)
 
     asyncio.run(run())
+
+
+def test_max_wait_gathers_requests_that_arrive_a_little_apart(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patient = fresh(max_wait_s=0.2)
+    passes: list[int] = []
+    forward = patient.encoder.forward
+
+    def counting(encodings: Sequence[Encoding]) -> Any:
+        passes.append(len(encodings))
+        return forward(encodings)
+
+    monkeypatch.setattr(patient.encoder, "forward", counting)
+
+    async def staggered() -> None:
+        async def later(i: int) -> Any:
+            await asyncio.sleep(0.02 * i)
+            return await patient.embed([f"sentence {i} of four."])  # equal lengths
+
+        await asyncio.gather(*(later(i) for i in range(4)))
+
+    asyncio.run(staggered())
+    assert passes == [4]  # one pass, though they arrived 20 ms apart
