@@ -19,8 +19,8 @@ from app.engine.engine import EmbeddingEngine
 
 
 def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> FastAPI:
-    """Build the app. ``engine`` may be loaded beforehand (``python -m app`` does, so that a bad
-    bundle stops the process before it listens); otherwise the lifespan loads it."""
+    """Build the app. ``engine`` may be loaded and warmed beforehand (``python -m app`` does, so
+    that a bad bundle stops the process before it listens); otherwise the lifespan loads it."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
         loaded = engine
         if loaded is None:
             loaded = await asyncio.to_thread(EmbeddingEngine.from_settings, settings)
-        await asyncio.to_thread(loaded.warm_up)
+            await asyncio.to_thread(loaded.warm_up)
         try:
             yield {"engine": loaded}
         finally:
