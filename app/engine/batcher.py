@@ -204,11 +204,7 @@ class Batcher:
         try:
             vectors = self.encoder.forward(encodings)
         except Exception as exc:  # one bad pass must not end the worker
-            log.exception("forward pass of %d rows failed", len(rows))
-            failed = {job for job, _ in rows}
-            for job in failed:
-                job.failed = True
-            _deliver([(job, exc) for job in failed])
+            self._retry_alone(rows, exc)
             return
         elapsed = time.perf_counter() - started
         real = sum(len(e.ids) for e in encodings)
@@ -226,3 +222,24 @@ class Batcher:
                 result = l2_normalize(job.vectors) if job.normalize else job.vectors
                 finished.append((job, Embedded(result, job.lengths)))
         _deliver(finished)
+
+    def _retry_alone(self, rows: list[tuple[Job, int]], exc: Exception) -> None:
+        """A pass failed: run each request's rows again on their own, so that one request's bad
+        rows fail only that request and the others sharing the pass still get their vectors."""
+        by_job: dict[Job, list[tuple[Job, int]]] = {}
+        for job, row in rows:
+            by_job.setdefault(job, []).append((job, row))
+        if len(by_job) > 1:
+            log.warning(
+                "forward pass of %d rows from %d requests failed (%r); retrying each alone",
+                len(rows),
+                len(by_job),
+                exc,
+            )
+            for own_rows in by_job.values():
+                self._run_pass(own_rows)
+            return
+        (job,) = by_job
+        log.error("forward pass of %d rows failed", len(rows), exc_info=exc)
+        job.failed = True
+        _deliver([(job, exc)])

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.engine.engine import Batching, EmbeddingEngine, Limits
 from app.main import create_app
-from tests.conftest import error_of, slowed
+from tests.conftest import HeldForward, error_of, slowed
 
 INVALID = "invalid_request_error"
 JSON = {"content-type": "application/json"}
@@ -169,6 +172,42 @@ def test_an_engine_fault_is_a_500_with_a_request_id_and_no_internals(
     assert "req-500" in caplog.text and "secret internal detail" in caplog.text
     monkeypatch.undo()
     assert client.post("/embed", json={"inputs": "a"}).status_code == 200
+
+
+def test_a_fault_on_one_requests_rows_spares_the_others_in_its_batch(
+    client: TestClient, engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldForward(engine.encoder.forward)
+
+    def poisoned(encodings: Any) -> Any:
+        if any("poison" in e.tokens for e in encodings):
+            raise RuntimeError("injected fault at /opt/model")
+        return held(encodings)
+
+    monkeypatch.setattr(engine.encoder, "forward", poisoned)
+    texts = ["hold the model", "cats sleep", "poison pill", "dogs bark"]
+
+    def post(text: str) -> Any:
+        return client.post(
+            "/embed", json={"inputs": text}, headers={"X-Request-ID": f"r-{text[:4]}"}
+        )
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        first = pool.submit(post, texts[0])
+        held.entered.wait(5)  # the other three queue up behind it and share the next pass
+        rest = [pool.submit(post, text) for text in texts[1:]]
+        time.sleep(0.1)
+        held.release.set()
+        responses = [first.result(), *(f.result() for f in rest)]
+    monkeypatch.undo()
+    assert error_of(responses[2]) == (500, "server_error", "internal_error")
+    assert "r-pois" in responses[2].text and "/opt/model" not in responses[2].text
+    for text, response in zip(texts, responses, strict=True):
+        if text != "poison pill":
+            assert response.status_code == 200
+            expected = engine.encoder.encode([text]).vectors[0]
+            assert np.allclose(response.json()["embeddings"][0], expected, atol=1e-5)
+    assert client.post("/embed", json={"inputs": "poison pill"}).status_code == 200
 
 
 def test_the_server_keeps_serving_after_bad_input(client: TestClient) -> None:

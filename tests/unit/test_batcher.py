@@ -177,3 +177,38 @@ def test_max_wait_gathers_requests_that_arrive_a_little_apart(
 
     asyncio.run(staggered())
     assert passes == [4]  # one pass, though they arrived 20 ms apart
+
+
+def test_a_request_whose_rows_break_the_model_fails_alone(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = fresh()
+    held = HeldForward(shared.encoder.forward)
+    passes: list[list[str]] = []
+
+    def poisoned(encodings: Sequence[Encoding]) -> Any:
+        passes.append([e.tokens[1] for e in encodings])
+        if any("poison" in e.tokens for e in encodings):
+            raise RuntimeError("injected fault")
+        return held(encodings)
+
+    monkeypatch.setattr(shared.encoder, "forward", poisoned)
+    requests = [["first"], ["cats sleep", "a lot"], ["poison pill", "harmless"], ["dogs bark"]]
+
+    async def run() -> list[Any]:
+        first = asyncio.ensure_future(shared.embed(requests[0]))
+        await held.wait_until_busy()  # the rest queue up behind it and share the next pass
+        rest = [asyncio.ensure_future(shared.embed(texts)) for texts in requests[1:]]
+        await asyncio.sleep(0.05)
+        held.release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert len(passes[1]) == 5  # the shared pass that failed, then each request alone
+    assert sorted(map(len, passes[2:])) == [1, 2, 2]
+    assert isinstance(results[2], RuntimeError)
+    monkeypatch.undo()
+    for texts, result in zip(requests, results, strict=True):
+        if texts is not requests[2]:
+            alone = np.vstack([shared.encoder.encode([t]).vectors for t in texts])
+            assert np.allclose(result.vectors, alone, atol=1e-5)
