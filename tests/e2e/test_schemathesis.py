@@ -9,6 +9,8 @@ schemathesis parametrizes at collection time.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 import schemathesis
@@ -34,5 +36,5 @@ def test_the_schema_under_test_is_the_one_the_server_publishes(server: Server) -
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_every_operation_honours_its_schema(case: schemathesis.Case, server: Server) -> None:
+def test_every_operation_honours_its_schema(case: schemathesis.Case[Any], server: Server) -> None:
     case.call_and_validate(base_url=server.url, timeout=30)
