@@ -13,7 +13,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 export HF_HUB_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test models variants bench lock clean
+.PHONY: run test soak models variants bench lock clean
 
 run: $(VENV)/.runtime $(MODEL)/config.json  ## serve the default model on EMBED_HOST:EMBED_PORT
 	$(VENV)/bin/python -m app
@@ -22,6 +22,9 @@ test: $(VENV)/.test $(MODEL)/config.json $(MODEL)-int8/config.json  ## lint, typ
 	$(VENV)/bin/ruff check app scripts tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+soak: $(VENV)/.test $(MODEL)/config.json  ## 20,000 mixed requests: memory, file descriptors, latency drift
+	$(VENV)/bin/python -m pytest -m soak -s tests/e2e/test_soak.py
 
 models: $(MODEL)/config.json
 
