@@ -173,3 +173,28 @@ def test_a_request_past_its_deadline_is_a_503_timeout(
         assert error_of(response) == (503, "service_unavailable", "timeout")
         assert "EMBED_REQUEST_TIMEOUT_S" in response.json()["error"]["message"]
     hasty.close()
+
+
+def test_bad_input_never_reaches_the_model(
+    client: TestClient, engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes: list[int] = []
+    forward = engine.encoder.forward
+
+    def counting(rows: Any) -> Any:
+        passes.append(len(rows))
+        return forward(rows)
+
+    monkeypatch.setattr(engine.encoder, "forward", counting)
+    bad = [
+        b'{"inputs": ["fine", "\\ud800"]}',
+        b'{"inputs": ["fine", "' + b"word " * 300 + b'"], "truncate": false}',
+        b'{"inputs": [' + b",".join([b'"a"'] * 2049) + b"]}",
+        b'{"inputs": ["fine", "' + b"x" * 100_001 + b'"]}',
+        b'{"inputs": "fine", "normalize": "yes"}',
+    ]
+    for body in bad:
+        assert client.post("/embed", content=body, headers=JSON).status_code in {413, 422}
+    assert passes == []
+    assert client.post("/embed", json={"inputs": "fine"}).status_code == 200
+    assert passes == [1]
