@@ -14,7 +14,7 @@ import sys
 import uvicorn
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.engine.registry import ModelRegistry
 from app.errors import StartupError
 from app.main import create_app
 
@@ -28,30 +28,33 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        engine = EmbeddingEngine.from_settings(settings)
+        models = ModelRegistry.from_settings(settings)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    engine.warm_up()
+    models.warm_up()
     # What is alive now (the model, the app) lives as long as the process: keep it out of the
     # cyclic collector's scans, and collect less often. Worth about 10% under load here.
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 50)
-    log.info(
-        "serving %s (%s, %s) on http://%s:%d",
-        engine.model_id,
-        engine.encoder.bundle.variant,
-        engine.encoder.provider,
-        settings.host,
-        settings.port,
-    )
+    for engine in models:
+        default = " (default)" if engine.model_id == models.default_id else ""
+        log.info(
+            "model %s%s: %s on %s",
+            engine.model_id,
+            default,
+            engine.encoder.bundle.variant,
+            engine.encoder.provider,
+        )
+    auth = "API keys required" if settings.api_keys else "no API keys"
+    log.info("serving on http://%s:%d (%s)", settings.host, settings.port, auth)
     # uvicorn drains on SIGTERM and then re-raises the signal to the handler it found. With the
     # default handler that kills the process (-15), and orchestrators read a clean drain as a
     # crash; a no-op handler lets the drained process exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
-        create_app(settings, engine),
+        create_app(settings, models),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.encoder import Device
@@ -25,6 +25,9 @@ def _split_commas(value: object) -> object:
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 """A list setting written as comma-separated text in the environment."""
 
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_commas)]
+"""Comma-separated secrets: kept out of ``repr`` and logs."""
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -35,7 +38,19 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    model_dir: Path = Path("models/all-MiniLM-L6-v2")
+    model_dir: Path = Field(
+        default=Path("models/all-MiniLM-L6-v2"),
+        description="the one bundle to serve when neither EMBED_MODELS nor EMBED_MODELS_DIR is set",
+    )
+    models: CommaList = Field(
+        default=[], description="bundle folders to serve; a bare name is looked up in models_dir"
+    )
+    models_dir: Path | None = Field(default=None, description="serve every bundle under it")
+    default_model: str | None = Field(
+        default=None, description="the model id a request without `model` gets; else the first"
+    )
+    api_keys: SecretList = Field(default=[], description="Bearer keys; empty means no auth")
+    cors_origins: CommaList = Field(default=[], description="browser origins allowed; * for any")
     device: Device = "cpu"
     intra_op_threads: int = Field(default=0, ge=0, description="0 means one per core")
     inter_op_threads: int = Field(default=1, ge=0)

@@ -6,11 +6,15 @@ decides a status code. The tree::
 
     ServiceError
     ├── InvalidJSON          400  body is not JSON, or not valid UTF-8
+    ├── InvalidParameter     400  a value out of range for this model (``dimensions``)
+    ├── InvalidApiKey        401  no API key, or a wrong one, when EMBED_API_KEYS is set
     ├── ValidationFailed     422  field missing, wrong type, unknown field, empty list
     ├── InvalidText          422  text that cannot be encoded (a lone surrogate)
+    ├── InvalidTokenId       422  a token id outside the model's vocabulary
     ├── InputTooLong         422  more tokens than the model takes, with truncate=false
     ├── PayloadTooLarge      413  too many inputs, too many characters, body too large
     ├── NotFound             404  no such route
+    ├── ModelNotFound        404  no such model served here
     ├── MethodNotAllowed     405  route exists, method does not
     ├── Overloaded           429  the queue is full (with Retry-After)
     ├── ClientClosed         499  the client left before its answer (nginx's code; never seen)
@@ -35,11 +39,15 @@ class ErrorCode(StrEnum):
     """The machine-readable ``code`` of an error response."""
 
     INVALID_JSON = "invalid_json"
+    INVALID_PARAMETER = "invalid_parameter"
+    INVALID_API_KEY = "invalid_api_key"
     VALIDATION_ERROR = "validation_error"
     INVALID_TEXT = "invalid_text"
+    INVALID_TOKEN_ID = "invalid_token_id"
     INPUT_TOO_LONG = "input_too_long"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     OVERLOADED = "overloaded"
     CLIENT_CLOSED = "client_closed"
@@ -61,11 +69,15 @@ _UNAVAILABLE = "service_unavailable"
 
 ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.INVALID_JSON: ErrorRow(400, _INVALID),
+    ErrorCode.INVALID_PARAMETER: ErrorRow(400, _INVALID),
+    ErrorCode.INVALID_API_KEY: ErrorRow(401, "authentication_error"),
     ErrorCode.VALIDATION_ERROR: ErrorRow(422, _INVALID),
     ErrorCode.INVALID_TEXT: ErrorRow(422, _INVALID),
+    ErrorCode.INVALID_TOKEN_ID: ErrorRow(422, _INVALID),
     ErrorCode.INPUT_TOO_LONG: ErrorRow(422, _INVALID),
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorRow(413, _INVALID),
     ErrorCode.NOT_FOUND: ErrorRow(404, _INVALID),
+    ErrorCode.MODEL_NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorRow(405, _INVALID),
     ErrorCode.OVERLOADED: ErrorRow(429, "overloaded_error"),
     ErrorCode.CLIENT_CLOSED: ErrorRow(499, _INVALID),
@@ -85,6 +97,7 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = {}  # extra response headers, such as Retry-After
+        self.param: str | None = None  # the request field at fault, where one is
 
     @property
     def status(self) -> int:
@@ -101,6 +114,22 @@ class InvalidJSON(ServiceError):
     code = ErrorCode.INVALID_JSON
 
 
+class InvalidParameter(ServiceError):
+    """A well-formed value this model cannot honour, such as more ``dimensions`` than it has."""
+
+    code = ErrorCode.INVALID_PARAMETER
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidApiKey(ServiceError):
+    """``EMBED_API_KEYS`` is set and the request has no key, or a key that is not one of them."""
+
+    code = ErrorCode.INVALID_API_KEY
+
+
 class ValidationFailed(ServiceError):
     """The JSON does not match the route's schema."""
 
@@ -111,6 +140,12 @@ class InvalidText(ServiceError):
     """A text holds something that cannot be encoded as UTF-8, such as a lone surrogate."""
 
     code = ErrorCode.INVALID_TEXT
+
+
+class InvalidTokenId(ServiceError):
+    """A token-id input holds an id outside the model's vocabulary."""
+
+    code = ErrorCode.INVALID_TOKEN_ID
 
 
 class InputTooLong(ServiceError):
@@ -129,6 +164,12 @@ class NotFound(ServiceError):
     """No route matches the path."""
 
     code = ErrorCode.NOT_FOUND
+
+
+class ModelNotFound(ServiceError):
+    """The request names a model this server does not serve."""
+
+    code = ErrorCode.MODEL_NOT_FOUND
 
 
 class MethodNotAllowed(ServiceError):

@@ -6,20 +6,20 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.engine.engine import EmbeddingEngine
+from app.engine.registry import ModelRegistry
 from app.errors import NotReady
 
 
-async def get_engine(request: Request) -> EmbeddingEngine:
-    """The loaded engine; a 503 ``not_ready`` until the lifespan has loaded and warmed it.
+async def get_models(request: Request) -> ModelRegistry:
+    """The served models; a 503 ``not_ready`` until the lifespan has loaded and warmed them.
 
     ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
     hop per request that cost most of the throughput under load.
     """
-    engine: EmbeddingEngine | None = getattr(request.state, "engine", None)
-    if engine is None:
+    models: ModelRegistry | None = getattr(request.state, "models", None)
+    if models is None:
         raise NotReady("the model is not loaded yet; retry shortly")
-    return engine
+    return models
 
 
-EngineDep = Annotated[EmbeddingEngine, Depends(get_engine)]
+ModelsDep = Annotated[ModelRegistry, Depends(get_models)]

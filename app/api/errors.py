@@ -38,11 +38,26 @@ _FROM_STATUS: dict[int, type[ServiceError]] = {
 }
 
 
-def render_error(error: ServiceError, headers: Mapping[str, str] | None = None) -> Response:
-    """The one place an error becomes an HTTP response."""
-    body = {"error": {"message": error.message, "type": error.type, "code": error.code.value}}
+OPENAI_PREFIX = "/v1/"
+
+
+def render_error(
+    error: ServiceError, headers: Mapping[str, str] | None = None, *, path: str = ""
+) -> Response:
+    """The one place an error becomes an HTTP response. Under ``/v1/`` the body also carries
+    OpenAI's ``param`` (the field at fault, or null), which its client libraries read."""
+    detail: dict[str, Any] = {
+        "message": error.message,
+        "type": error.type,
+        "code": error.code.value,
+    }
+    if path.startswith(OPENAI_PREFIX):
+        detail["param"] = error.param
     return Response(
-        orjson.dumps(body), error.status, headers=headers, media_type="application/json"
+        orjson.dumps({"error": detail}),
+        error.status,
+        headers=headers or error.headers,
+        media_type="application/json",
     )
 
 
@@ -73,7 +88,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return render_error(exc, exc.headers)
+    return render_error(exc, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -81,8 +96,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     errors = exc.errors()
     if any(err.get("type") == "json_invalid" for err in errors):
         detail = errors[0].get("ctx", {}).get("error", "malformed JSON")
-        return render_error(InvalidJSON(f"the body is not valid JSON: {detail}"))
-    return render_error(ValidationFailed(describe_validation_errors(errors)))
+        error: ServiceError = InvalidJSON(f"the body is not valid JSON: {detail}")
+    else:
+        error = ValidationFailed(describe_validation_errors(errors))
+        location = [str(part) for part in errors[0].get("loc", ())[1:2]] if errors else []
+        error.param = location[0] if location else None
+    return render_error(error, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -98,13 +117,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = kind(str(exc.detail))
     else:
         return await _unexpected(request, exc)
-    return render_error(error, exc.headers)
+    return render_error(error, exc.headers, path=request.url.path)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.state, "request_id", "-")
     log.error("unhandled error in request %s", request_id, exc_info=exc)
-    return render_error(InternalError(f"internal error; request id {request_id}"))
+    error = InternalError(f"internal error; request id {request_id}")
+    return render_error(error, path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

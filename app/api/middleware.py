@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids and metrics around every request, and the body-size limit.
+"""Pure ASGI middleware: request ids and metrics around every request, API keys, and the
+body-size limit.
 
 Pure ASGI rather than ``BaseHTTPMiddleware``, which costs a task and a stream per request on the
 hot path.
@@ -6,14 +7,16 @@ hot path.
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
 import uuid
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import render_error
-from app.errors import PayloadTooLarge
+from app.errors import InvalidApiKey, PayloadTooLarge
 from app.metrics import REQUEST_DURATION, REQUESTS
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -63,6 +66,45 @@ def _request_id(scope: Scope) -> bytes:
     return uuid.uuid4().hex.encode()
 
 
+OPEN_PATHS = frozenset({"/health", "/health/live", "/metrics"})
+"""Paths that never need a key: probes and the Prometheus scrape."""
+
+
+class ApiKeyMiddleware:
+    """With ``EMBED_API_KEYS`` set, every path but the probes and ``/metrics`` needs
+    ``Authorization: Bearer <key>``. Keys are compared in constant time, every one of them, so
+    the timing tells nothing; neither a key nor the header is ever logged. CORS preflights are
+    answered by the CORS middleware outside this one, so they pass without a key."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        error = InvalidApiKey(
+            "a valid API key is required: send Authorization: Bearer <key> (one of EMBED_API_KEYS)"
+        )
+        headers = {"www-authenticate": 'Bearer realm="embed"'}
+        await render_error(error, headers, path=scope["path"])(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        token = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = bytes(value).partition(b" ")
+                if scheme.lower() != b"bearer":
+                    token = b""
+                break
+        token = token.strip()
+        matched = False
+        for key in self.keys:  # no early exit: the time taken does not depend on which matched
+            matched |= hmac.compare_digest(token, key)
+        return matched and bool(token)
+
+
 class BodyLimitMiddleware:
     """Refuses a body over ``max_bytes`` with a 413 before the route parses it.
 
@@ -106,7 +148,8 @@ class BodyLimitMiddleware:
             "(EMBED_MAX_BODY_BYTES)"
         )
         # Connection: close, since the rest of the body is left unread.
-        await render_error(error, {"connection": "close"})(scope, receive, send)
+        response = render_error(error, {"connection": "close"}, path=scope["path"])
+        await response(scope, receive, send)
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

@@ -1,6 +1,7 @@
 """Wire schemas: the JSON the routes take and give, apart from the engine's own types.
 
 Native routes forbid unknown fields and take strict types: ``"normalize": "true"`` is a 422.
+The OpenAI-compatible ``/v1`` routes ignore unknown fields, as OpenAI-style servers do.
 """
 
 from __future__ import annotations
@@ -10,6 +11,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 NonEmptyTexts = Annotated[list[str], Field(min_length=1)]
+TokenIdList = Annotated[list[int], Field(min_length=1)]
+ModelField = Annotated[
+    str | None,
+    Field(
+        description="Id of a served model (see /v1/models); the default model when omitted.",
+        examples=["all-MiniLM-L6-v2"],
+    ),
+]
 
 
 class StrictModel(BaseModel):
@@ -23,6 +32,7 @@ class EmbedRequest(StrictModel):
         description="One text, or a list of texts; each gets one vector, in input order.",
         examples=["What is the capital of France?"],
     )
+    model: ModelField = None
     normalize: bool = Field(default=True, description="Scale each vector to unit length.")
     truncate: bool = Field(
         default=True,
@@ -47,6 +57,7 @@ class SimilarityRequest(StrictModel):
     targets: NonEmptyTexts = Field(
         examples=[["A man plays an instrument.", "A woman is slicing an onion."]]
     )
+    model: ModelField = None
     truncate: bool = True
 
 
@@ -56,9 +67,100 @@ class SimilarityResponse(BaseModel):
     usage: Usage
 
 
+class TokenizeRequest(StrictModel):
+    inputs: str | NonEmptyTexts = Field(examples=["How many tokens is this?"])
+    model: ModelField = None
+
+
+class Tokenized(BaseModel):
+    ids: list[int] = Field(description="Token ids, special tokens included, nothing cut off.")
+    tokens: list[str]
+    offsets: list[tuple[int, int]] = Field(
+        description="Each token's [start, end) in the input, in characters; [0, 0] for special "
+        "tokens."
+    )
+    count: int
+    truncated: bool = Field(description="True when an embedding would cut this input short.")
+
+
+class TokenizeResponse(BaseModel):
+    model: str
+    max_tokens: int = Field(description="The model's limit: tokens past it are cut off.")
+    data: list[Tokenized]
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    input: str | NonEmptyTexts | TokenIdList | Annotated[list[TokenIdList], Field(min_length=1)] = (
+        Field(
+            description="A text, a list of texts, or token ids (one array, or an array of them) "
+            "taken verbatim as the model's own ids.",
+            examples=["What is the capital of France?"],
+        )
+    )
+    model: ModelField = None
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: each vector as little-endian float32 bytes."
+    )
+    dimensions: int | None = Field(
+        default=None,
+        description="Keep the first N components, then re-normalise (Matryoshka); at most the "
+        "model's dimension. Out of range is a 400 `invalid_parameter`, as OpenAI answers it.",
+        json_schema_extra={"minimum": 1},
+    )
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: Usage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIModel]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    dimension: int
+    max_seq_length: int
+    pooling: str
+    normalize: bool
+    variant: str
+    provider: str
+    default: bool
+
+
+class InfoResponse(BaseModel):
+    version: str
+    models: list[ModelInfo]
+    limits: dict[str, int | float]
+    auth: bool = Field(description="Whether routes other than the probes need an API key.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
-    model: str
+    model: str = Field(description="The default model.")
+    models: list[str] = Field(description="Every model served.")
 
 
 class LiveResponse(BaseModel):
@@ -69,6 +171,7 @@ class ErrorDetail(BaseModel):
     message: str
     type: str
     code: str
+    param: str | None = Field(default=None, description="On /v1 routes: the field at fault.")
 
 
 class ErrorResponse(BaseModel):

@@ -23,10 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tokenizers import Encoding
 
 from app.engine.batches import plan_batches
-from app.engine.encoder import Embedded, Encoder
+from app.engine.encoder import Embedded, Encoder, Tokenized
 from app.engine.pooling import Floats, l2_normalize
 from app.errors import Overloaded, ShuttingDown
 from app.metrics import BATCH_SIZE, BATCH_TOKENS, INFERENCE_DURATION, QUEUE_DEPTH, QUEUE_WAIT
@@ -39,7 +38,7 @@ ROUND_PASSES = 4  # a round holds about this many full passes
 class Job:
     """One request's rows on their way through the queue."""
 
-    encodings: Sequence[Encoding]
+    encodings: Sequence[Tokenized]
     lengths: list[int]
     normalize: bool
     future: asyncio.Future[Embedded]
@@ -92,8 +91,12 @@ class Batcher:
         max_batch_rows: int,
         max_queue_tokens: int,
         max_wait_s: float = 0.0,
+        cores: threading.Lock | None = None,
     ) -> None:
         self.encoder = encoder
+        # Held for each forward pass. Models served together share one lock, so their passes
+        # take turns on all the cores instead of running at once and oversubscribing them.
+        self._cores = cores or threading.Lock()
         self.model_id = encoder.bundle.id
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_rows = max_batch_rows
@@ -108,7 +111,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, encodings: Sequence[Encoding], normalize: bool) -> asyncio.Future[Embedded]:
+    def submit(self, encodings: Sequence[Tokenized], normalize: bool) -> asyncio.Future[Embedded]:
         """Queue one request's rows; ``Overloaded`` at once when the queue is full."""
         loop = asyncio.get_running_loop()
         lengths = [len(e.ids) for e in encodings]
@@ -200,13 +203,14 @@ class Batcher:
 
     def _run_pass(self, rows: list[tuple[Job, int]]) -> None:
         encodings = [job.encodings[row] for job, row in rows]
-        started = time.perf_counter()
         try:
-            vectors = self.encoder.forward(encodings)
+            with self._cores:
+                started = time.perf_counter()
+                vectors = self.encoder.forward(encodings)
+                elapsed = time.perf_counter() - started
         except Exception as exc:  # one bad pass must not end the worker
             self._retry_alone(rows, exc)
             return
-        elapsed = time.perf_counter() - started
         real = sum(len(e.ids) for e in encodings)
         padded = len(encodings) * max(len(e.ids) for e in encodings)
         self._throughput = 0.8 * self._throughput + 0.2 * (real / max(elapsed, 1e-6))

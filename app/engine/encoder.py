@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +30,27 @@ CUDA_HINT = (
     "(pip uninstall onnxruntime && pip install onnxruntime-gpu==<same version>) with CUDA 12 "
     "and cuDNN 9 libraries, or set EMBED_DEVICE=cpu"
 )
+
+
+class Tokenized(Protocol):
+    """One row for the model: a ``tokenizers.Encoding``, or a ``TokenIds`` a caller sent."""
+
+    @property
+    def ids(self) -> list[int]: ...
+
+    @property
+    def type_ids(self) -> list[int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIds:
+    """Token ids taken verbatim from a request (OpenAI's token-array input)."""
+
+    ids: list[int]
+
+    @property
+    def type_ids(self) -> list[int]:
+        return [0] * len(self.ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +161,15 @@ class Encoder:
                 )
         return encodings
 
-    def forward(self, encodings: Sequence[Encoding]) -> Floats:
+    def tokenize_whole(self, texts: Sequence[str]) -> list[Encoding]:
+        """Tokenize without cutting anything off: what ``/tokenize`` shows."""
+        return self._whole.encode_batch(list(texts))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._whole.get_vocab_size())
+
+    def forward(self, encodings: Sequence[Tokenized]) -> Floats:
         """Run one padded batch through the model and pool it; rows are not normalised."""
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)

@@ -9,19 +9,21 @@ keeps accepting connections and answering ``/health`` while a batch runs.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from tokenizers import Encoding
 
 from app.config import Settings
 from app.engine.batcher import Batcher
 from app.engine.bundle import load_bundle
-from app.engine.encoder import Embedded, Encoder
+from app.engine.encoder import Embedded, Encoder, TokenIds, Tokenized
 from app.engine.pooling import Floats, cosine
-from app.errors import InvalidText, PayloadTooLarge, RequestTimeout
+from app.errors import InputTooLong, InvalidText, InvalidTokenId, PayloadTooLarge, RequestTimeout
 from app.metrics import INPUTS, TOKENS
 
 WARMUP_TEXTS = ["warm-up", "a slightly longer warm-up sentence for the second row"]
@@ -72,7 +74,14 @@ def check_texts(texts: Sequence[str], limits: Limits) -> None:
 class EmbeddingEngine:
     """Embeds texts with one model; every public method is a coroutine safe to await anywhere."""
 
-    def __init__(self, encoder: Encoder, limits: Limits, batching: Batching | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        limits: Limits,
+        batching: Batching | None = None,
+        *,
+        cores: threading.Lock | None = None,
+    ) -> None:
         self.encoder = encoder
         self.limits = limits
         self.batching = batching or Batching()
@@ -85,12 +94,16 @@ class EmbeddingEngine:
             max_batch_rows=self.batching.max_batch_rows,
             max_queue_tokens=self.batching.max_queue_tokens,
             max_wait_s=self.batching.max_wait_s,
+            cores=cores,
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EmbeddingEngine:
-        """Load the bundle that the settings name; ``StartupError`` says what is wrong."""
-        bundle = load_bundle(settings.model_dir)
+    def from_settings(
+        cls, settings: Settings, path: Path | None = None, *, cores: threading.Lock | None = None
+    ) -> EmbeddingEngine:
+        """Load the bundle in ``path`` (``EMBED_MODEL_DIR`` if none) with the settings' limits;
+        ``StartupError`` says what is wrong. Engines given one ``cores`` lock take turns."""
+        bundle = load_bundle(path or settings.model_dir)
         encoder = Encoder.load(
             bundle,
             device=settings.device,
@@ -105,7 +118,7 @@ class EmbeddingEngine:
             max_wait_s=settings.max_wait_ms / 1000,
             request_timeout_s=settings.request_timeout_s,
         )
-        return cls(encoder, limits, batching)
+        return cls(encoder, limits, batching, cores=cores)
 
     def warm_up(self) -> None:
         """Run the model once so that the first request does not pay for lazy initialisation."""
@@ -122,6 +135,46 @@ class EmbeddingEngine:
         started = time.perf_counter()
         check_texts(texts, self.limits)
         encodings = await self._tokenize(texts, truncate)
+        return await self._run(encodings, normalize, started)
+
+    async def embed_ids(self, rows: Sequence[Sequence[int]], *, normalize: bool = True) -> Embedded:
+        """Vectors for inputs given as the model's own token ids, taken verbatim (no special
+        tokens added); an id outside the vocabulary or a row over the model's limit is a 422."""
+        started = time.perf_counter()
+        if len(rows) > self.limits.max_inputs:
+            raise PayloadTooLarge(
+                f"{len(rows)} inputs in one request; the limit is {self.limits.max_inputs} "
+                "(EMBED_MAX_INPUTS)"
+            )
+        vocab, limit = self.encoder.vocab_size, self.encoder.bundle.max_seq_length
+        for index, ids in enumerate(rows):
+            if len(ids) > limit:
+                raise InputTooLong(
+                    f"input {index} has {len(ids)} token ids, more than the model's limit of "
+                    f"{limit}; token ids are taken verbatim, so shorten them"
+                )
+            bad = next((i for i in ids if not 0 <= i < vocab), None)
+            if bad is not None:
+                raise InvalidTokenId(
+                    f"input {index} holds token id {bad}, outside the vocabulary of "
+                    f"{self.model_id} (0 to {vocab - 1})"
+                )
+        return await self._run([TokenIds(list(ids)) for ids in rows], normalize, started)
+
+    async def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        """Each text's whole tokenization, nothing cut off (``len(ids)`` over the model's
+        ``max_seq_length`` means an embedding would truncate it)."""
+        check_texts(texts, self.limits)
+        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+            return self.encoder.tokenize_whole(texts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenizer_thread, self.encoder.tokenize_whole, texts
+        )
+
+    async def _run(
+        self, encodings: Sequence[Tokenized], normalize: bool, started: float
+    ) -> Embedded:
         future = self._batcher.submit(encodings, normalize)
         remaining = self.batching.request_timeout_s - (time.perf_counter() - started)
         try:
@@ -131,7 +184,7 @@ class EmbeddingEngine:
                 f"no answer within {self.batching.request_timeout_s:g} s "
                 "(EMBED_REQUEST_TIMEOUT_S); the server is busy, retry later"
             ) from None
-        INPUTS.labels(self.model_id).inc(len(texts))
+        INPUTS.labels(self.model_id).inc(len(encodings))
         TOKENS.labels(self.model_id).inc(sum(result.token_counts))
         return result
 

@@ -50,3 +50,8 @@ def cosine(source: Floats, targets: Floats) -> Floats:
     s = source / max(float(np.linalg.norm(source)), 1e-12)
     scores: Floats = (l2_normalize(targets) @ s).astype(np.float32, copy=False)
     return scores
+
+
+def shorten(x: Floats, dimensions: int) -> Floats:
+    """Matryoshka: keep the first ``dimensions`` components of each row, then re-normalise."""
+    return l2_normalize(np.ascontiguousarray(x[:, :dimensions]))

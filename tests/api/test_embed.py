@@ -96,7 +96,8 @@ def test_similarity_equals_the_dot_product_of_embed_vectors(client: TestClient) 
 
 
 def test_health_and_liveness(client: TestClient) -> None:
-    assert client.get("/health").json() == {"status": "ok", "model": "all-MiniLM-L6-v2"}
+    health = client.get("/health").json()
+    assert health == {"status": "ok", "model": "all-MiniLM-L6-v2", "models": ["all-MiniLM-L6-v2"]}
     assert client.get("/health/live").json() == {"status": "alive"}
 
 

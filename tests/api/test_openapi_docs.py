@@ -6,8 +6,13 @@ from fastapi.testclient import TestClient
 def test_every_error_response_is_declared(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     declared = {
-        ("/embed", "post"): {"200", "400", "413", "422", "429", "500", "503"},
-        ("/similarity", "post"): {"200", "400", "413", "422", "429", "500", "503"},
+        ("/embed", "post"): {"200", "400", "401", "404", "413", "422", "429", "500", "503"},
+        ("/similarity", "post"): {"200", "400", "401", "404", "413", "422", "429", "500", "503"},
+        ("/tokenize", "post"): {"200", "400", "401", "404", "413", "422", "500", "503"},
+        ("/v1/embeddings", "post"): {"200", "400", "401", "404", "413", "422", "429", "500", "503"},
+        ("/v1/models", "get"): {"200", "401", "500", "503"},
+        ("/v1/models/{model_id}", "get"): {"200", "401", "404", "422", "500", "503"},
+        ("/info", "get"): {"200", "401", "500", "503"},
         ("/health", "get"): {"200", "500", "503"},
     }
     for (path, method), statuses in declared.items():

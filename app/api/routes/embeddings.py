@@ -1,20 +1,29 @@
-"""The native embedding routes: ``POST /embed`` and ``POST /similarity``."""
+"""The native routes: ``POST /embed``, ``POST /similarity`` and ``POST /tokenize``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import EngineDep
+from app.api.deps import ModelsDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import error_responses
 from app.api.responses import FastJSONResponse
-from app.api.schemas import EmbedRequest, EmbedResponse, SimilarityRequest, SimilarityResponse
+from app.api.schemas import (
+    EmbedRequest,
+    EmbedResponse,
+    SimilarityRequest,
+    SimilarityResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from app.errors import ErrorCode as C
 
 router = APIRouter(tags=["embeddings"])
 
 _TEXT_ERRORS = (
     C.INVALID_JSON,
+    C.INVALID_API_KEY,
+    C.MODEL_NOT_FOUND,
     C.VALIDATION_ERROR,
     C.INVALID_TEXT,
     C.INPUT_TOO_LONG,
@@ -26,8 +35,9 @@ _TEXT_ERRORS = (
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=error_responses(*_TEXT_ERRORS))
-async def embed(request: Request, body: EmbedRequest, engine: EngineDep) -> FastJSONResponse:
+async def embed(request: Request, body: EmbedRequest, models: ModelsDep) -> FastJSONResponse:
     """Embed one text or a list of texts; one vector per input, in input order."""
+    engine = models.get(body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     work = engine.embed(texts, normalize=body.normalize, truncate=body.truncate)
     result = await unless_disconnected(request, work)
@@ -46,9 +56,10 @@ async def embed(request: Request, body: EmbedRequest, engine: EngineDep) -> Fast
     "/similarity", response_model=SimilarityResponse, responses=error_responses(*_TEXT_ERRORS)
 )
 async def similarity(
-    request: Request, body: SimilarityRequest, engine: EngineDep
+    request: Request, body: SimilarityRequest, models: ModelsDep
 ) -> FastJSONResponse:
     """Cosine similarity of ``source`` with each of ``targets``, in order."""
+    engine = models.get(body.model)
     work = engine.similarity(body.source, body.targets, truncate=body.truncate)
     scores, tokens = await unless_disconnected(request, work)
     return FastJSONResponse(
@@ -56,5 +67,43 @@ async def similarity(
             "model": engine.model_id,
             "scores": scores,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+@router.post(
+    "/tokenize",
+    response_model=TokenizeResponse,
+    responses=error_responses(
+        C.INVALID_JSON,
+        C.INVALID_API_KEY,
+        C.MODEL_NOT_FOUND,
+        C.VALIDATION_ERROR,
+        C.INVALID_TEXT,
+        C.PAYLOAD_TOO_LARGE,
+        C.NOT_READY,
+    ),
+)
+async def tokenize(body: TokenizeRequest, models: ModelsDep) -> FastJSONResponse:
+    """Each input's token ids, tokens and character offsets, nothing cut off, and whether an
+    embedding would truncate it: what a RAG pipeline needs to chunk text to the model's limit."""
+    engine = models.get(body.model)
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    limit = engine.encoder.bundle.max_seq_length
+    encodings = await engine.tokenize(texts)
+    return FastJSONResponse(
+        {
+            "model": engine.model_id,
+            "max_tokens": limit,
+            "data": [
+                {
+                    "ids": e.ids,
+                    "tokens": e.tokens,
+                    "offsets": e.offsets,
+                    "count": len(e.ids),
+                    "truncated": len(e.ids) > limit,
+                }
+                for e in encodings
+            ],
         }
     )

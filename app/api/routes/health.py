@@ -1,12 +1,13 @@
-"""Probes: ``/health`` (ready to serve) and ``/health/live`` (the process runs)."""
+"""Probes, ``/health`` (ready to serve) and ``/health/live`` (the process runs), and ``/info``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from app.api.deps import EngineDep
+from app import __version__
+from app.api.deps import ModelsDep
 from app.api.errors import error_responses
-from app.api.schemas import HealthResponse, LiveResponse
+from app.api.schemas import HealthResponse, InfoResponse, LiveResponse, ModelInfo
 from app.errors import ErrorCode
 
 router = APIRouter(tags=["health"])
@@ -15,12 +16,55 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/health", response_model=HealthResponse, responses=error_responses(ErrorCode.NOT_READY)
 )
-async def health(engine: EngineDep) -> HealthResponse:
-    """200 once the model is loaded and warmed up; 503 before (and while shutting down)."""
-    return HealthResponse(status="ok", model=engine.model_id)
+async def health(models: ModelsDep) -> HealthResponse:
+    """200 once the models are loaded and warmed up; 503 before (and while shutting down)."""
+    return HealthResponse(
+        status="ok", model=models.default_id, models=[engine.model_id for engine in models]
+    )
 
 
 @router.get("/health/live", response_model=LiveResponse)
 async def live() -> LiveResponse:
     """200 for as long as the process answers at all."""
     return LiveResponse(status="alive")
+
+
+@router.get(
+    "/info",
+    response_model=InfoResponse,
+    responses=error_responses(ErrorCode.NOT_READY, ErrorCode.INVALID_API_KEY),
+    tags=["models"],
+)
+async def info(request: Request, models: ModelsDep) -> InfoResponse:
+    """The served models (id, dimension, limit, pooling, variant, provider), the server's limits
+    and its version."""
+    described = [
+        ModelInfo(
+            id=engine.model_id,
+            dimension=engine.dimension,
+            max_seq_length=engine.encoder.bundle.max_seq_length,
+            pooling=engine.encoder.bundle.pooling,
+            normalize=engine.encoder.bundle.normalize,
+            variant=engine.encoder.bundle.variant,
+            provider=engine.encoder.provider,
+            default=engine.model_id == models.default_id,
+        )
+        for engine in models
+    ]
+    settings = request.app.state.settings
+    limits: dict[str, int | float] = {
+        name: getattr(settings, name)
+        for name in (
+            "max_inputs",
+            "max_input_chars",
+            "max_body_bytes",
+            "max_batch_tokens",
+            "max_batch_rows",
+            "max_queue_tokens",
+            "max_wait_ms",
+            "request_timeout_s",
+        )
+    }
+    return InfoResponse(
+        version=__version__, models=described, limits=limits, auth=bool(settings.api_keys)
+    )
