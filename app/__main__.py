@@ -10,23 +10,36 @@ import gc
 import logging
 import signal
 import sys
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.config import Settings
 from app.engine.registry import ModelRegistry
 from app.errors import StartupError
+from app.logs import configure_logging
 from app.main import create_app
 
 log = logging.getLogger("app")
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM first marks the app as draining, so that ``/health``
+    answers 503 at once while the requests already in flight finish."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app.state.draining = True
+        super().handle_exit(sig, frame)
+
+
 def main() -> int:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_config = configure_logging(settings.log_level, settings.log_format)
     try:
         models = ModelRegistry.from_settings(settings)
     except StartupError as exc:
@@ -49,19 +62,25 @@ def main() -> int:
         )
     auth = "API keys required" if settings.api_keys else "no API keys"
     log.info("serving on http://%s:%d (%s)", settings.host, settings.port, auth)
-    # uvicorn drains on SIGTERM and then re-raises the signal to the handler it found. With the
-    # default handler that kills the process (-15), and orchestrators read a clean drain as a
-    # crash; a no-op handler lets the drained process exit 0.
+    # On SIGTERM uvicorn stops accepting connections, lets the requests in flight finish (for up
+    # to EMBED_SHUTDOWN_GRACE_S), runs the lifespan's shutdown (which finishes the queued work),
+    # and then re-raises the signal to the handler it found. With the default handler that kills
+    # the process (-15), and orchestrators read a clean drain as a crash; a no-op handler lets
+    # the drained process exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(
-        create_app(settings, models),
+    app = create_app(settings, models)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
+        log_config=log_config,
         log_level=settings.log_level,
-        access_log=False,
+        access_log=False,  # the app writes its own access line, with model, tokens and timings
         loop="uvloop",
         http="httptools",
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    DrainingServer(config, app).run()
     return 0
 
 

@@ -62,4 +62,8 @@ class Settings(BaseSettings):
     max_queue_tokens: int = Field(default=65536, ge=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_grace_s: int = Field(
+        default=30, ge=0, description="on SIGTERM, seconds the requests in flight may take"
+    )
     log_level: LogLevel = "info"
+    log_format: Literal["json", "text"] = "json"

@@ -18,7 +18,7 @@ python3 -m venv "$tmp/rt"
 "$tmp/rt/bin/pip" install -q -r <(deps runtime)
 freeze rt > "$tmp/runtime"
 "$tmp/rt/bin/pip" install -q -r <(deps test)
-freeze rt | comm -13 "$tmp/runtime" - > "$tmp/test"
+freeze rt | grep -vxFf "$tmp/runtime" > "$tmp/test"
 
 python3 -m venv "$tmp/ex"
 "$tmp/ex/bin/pip" install -q torch==2.13.0

@@ -8,6 +8,7 @@ hot path.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import time
 import uuid
@@ -19,15 +20,19 @@ from app.api.errors import render_error
 from app.errors import InvalidApiKey, PayloadTooLarge
 from app.metrics import REQUEST_DURATION, REQUESTS
 
+access_log = logging.getLogger("app.access")
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestContextMiddleware:
-    """Gives each request an id (taken from ``X-Request-ID`` or made), echoes it, and counts it.
+    """Gives each request an id (taken from ``X-Request-ID`` or made), echoes it, counts it, and
+    writes its access-log line.
 
     The ``route`` label is the matched route's template, or ``unmatched``, so that scanning random
-    paths cannot blow up the metric's label set.
+    paths cannot blow up the metric's label set. An embedding route leaves what it did in
+    ``scope["state"]["access"]`` (model, inputs, tokens, queue and inference time, see
+    ``app.api.access``); this adds ``x-total-time`` to its response and those fields to the line.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -39,24 +44,42 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id.decode()
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id)]
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+                if "access" in state:
+                    total = f"{(time.perf_counter() - started) * 1000:.2f}".encode()
+                    headers.append((b"x-total-time", total))
+                message["headers"] = headers
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             REQUESTS.labels(template, str(status)).inc()
-            REQUEST_DURATION.labels(template).observe(time.perf_counter() - started)
+            REQUEST_DURATION.labels(template).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                fields = {
+                    "request_id": state["request_id"],
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": template,
+                    "status": status,
+                    **state.get("access", {}),
+                    "total_ms": round(elapsed * 1000, 2),
+                }
+                access_log.info(
+                    "%s %s %d", scope["method"], scope["path"], status, extra={"fields": fields}
+                )
 
 
 def _request_id(scope: Scope) -> bytes:

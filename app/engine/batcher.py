@@ -45,6 +45,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     vectors: Floats
     enqueued: float = field(default_factory=time.perf_counter)
+    queue_s: float = 0.0
+    inference_s: float = 0.0
     taken: int = 0  # rows handed to rounds so far
     done: int = 0  # rows with a vector
     failed: bool = False
@@ -179,7 +181,8 @@ class Batcher:
             job = self._jobs[0]
             lengths = job.lengths
             if job.taken == 0:
-                QUEUE_WAIT.labels(self.model_id).observe(now - job.enqueued)
+                job.queue_s = now - job.enqueued
+                QUEUE_WAIT.labels(self.model_id).observe(job.queue_s)
             abandoned = job.abandoned()
             while job.taken < len(lengths) and tokens < budget:
                 if not abandoned:
@@ -218,13 +221,16 @@ class Batcher:
         BATCH_SIZE.labels(self.model_id).observe(len(rows))
         BATCH_TOKENS.labels(self.model_id, "real").observe(real)
         BATCH_TOKENS.labels(self.model_id, "padded").observe(padded)
+        for job in {job for job, _ in rows}:
+            job.inference_s += elapsed
         finished: list[Outcome] = []
         for (job, row), vector in zip(rows, vectors, strict=True):
             job.vectors[row] = vector
             job.done += 1
             if job.done == len(job.lengths):
                 result = l2_normalize(job.vectors) if job.normalize else job.vectors
-                finished.append((job, Embedded(result, job.lengths)))
+                embedded = Embedded(result, job.lengths, job.queue_s, job.inference_s)
+                finished.append((job, embedded))
         _deliver(finished)
 
     def _retry_alone(self, rows: list[tuple[Job, int]], exc: Exception) -> None:

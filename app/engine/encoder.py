@@ -59,6 +59,8 @@ class Embedded:
 
     vectors: Floats
     token_counts: list[int]
+    queue_s: float = 0.0  # from arrival in the queue to the first forward pass
+    inference_s: float = 0.0  # forward passes that held this request's rows
 
 
 def select_providers(device: Device) -> list[str]:

@@ -190,11 +190,10 @@ class EmbeddingEngine:
 
     async def similarity(
         self, source: str, targets: Sequence[str], *, truncate: bool = True
-    ) -> tuple[Floats, int]:
-        """Cosine similarity of ``source`` with each target, and the tokens it took."""
+    ) -> tuple[Floats, Embedded]:
+        """Cosine similarity of ``source`` with each target, and the embedding it took."""
         embedded = await self.embed([source, *targets], normalize=True, truncate=truncate)
-        scores = cosine(embedded.vectors[0], embedded.vectors[1:])
-        return scores, sum(embedded.token_counts)
+        return cosine(embedded.vectors[0], embedded.vectors[1:]), embedded
 
     def close(self) -> None:
         """Finish the queued work, then stop the threads."""

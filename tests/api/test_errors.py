@@ -198,3 +198,15 @@ def test_bad_input_never_reaches_the_model(
     assert passes == []
     assert client.post("/embed", json={"inputs": "fine"}).status_code == 200
     assert passes == [1]
+
+
+def test_health_is_503_while_draining(client: TestClient) -> None:
+    app: Any = client.app
+    app.state.draining = True  # what SIGTERM does first (app/__main__.py)
+    try:
+        response = client.get("/health")
+        assert error_of(response) == (503, "service_unavailable", "shutting_down")
+        assert client.get("/health/live").status_code == 200
+        assert client.post("/embed", json={"inputs": "in flight"}).status_code == 200
+    finally:
+        app.state.draining = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from app.api.access import account
 from app.api.deps import ModelsDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import error_responses
@@ -48,7 +49,8 @@ async def embed(request: Request, body: EmbedRequest, models: ModelsDep) -> Fast
             "dimensions": engine.dimension,
             "embeddings": result.vectors,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        },
+        headers=account(request, engine.model_id, result),
     )
 
 
@@ -61,13 +63,15 @@ async def similarity(
     """Cosine similarity of ``source`` with each of ``targets``, in order."""
     engine = models.get(body.model)
     work = engine.similarity(body.source, body.targets, truncate=body.truncate)
-    scores, tokens = await unless_disconnected(request, work)
+    scores, result = await unless_disconnected(request, work)
+    tokens = sum(result.token_counts)
     return FastJSONResponse(
         {
             "model": engine.model_id,
             "scores": scores,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        },
+        headers=account(request, engine.model_id, result),
     )
 
 

@@ -8,16 +8,21 @@ from app import __version__
 from app.api.deps import ModelsDep
 from app.api.errors import error_responses
 from app.api.schemas import HealthResponse, InfoResponse, LiveResponse, ModelInfo
-from app.errors import ErrorCode
+from app.errors import ErrorCode, ShuttingDown
 
 router = APIRouter(tags=["health"])
 
 
 @router.get(
-    "/health", response_model=HealthResponse, responses=error_responses(ErrorCode.NOT_READY)
+    "/health",
+    response_model=HealthResponse,
+    responses=error_responses(ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN),
 )
-async def health(models: ModelsDep) -> HealthResponse:
-    """200 once the models are loaded and warmed up; 503 before (and while shutting down)."""
+async def health(request: Request, models: ModelsDep) -> HealthResponse:
+    """200 once the models are loaded and warmed up; 503 before, and from the moment the server
+    is told to stop (SIGTERM), so that load balancers stop sending to it."""
+    if getattr(request.app.state, "draining", False):
+        raise ShuttingDown("the server is shutting down; send requests to another replica")
     return HealthResponse(
         status="ok", model=models.default_id, models=[engine.model_id for engine in models]
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from app.api.access import account
 from app.api.deps import ModelsDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import error_responses
@@ -82,7 +83,8 @@ async def create_embeddings(
             "data": _data(vectors, body.encoding_format),
             "model": engine.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        },
+        headers=account(request, engine.model_id, result),
     )
 
 
