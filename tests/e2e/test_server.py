@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -88,25 +89,48 @@ def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
     assert process.wait(timeout=15) == 0
 
 
+def broken_bundle(source: Path, folder: Path, fault: str) -> Path:
+    """A copy of ``source`` with one fault: a corrupted model, or no tokenizer."""
+    bundle = folder / "broken"
+    bundle.mkdir()
+    shutil.copy(source / "config.json", bundle)
+    if fault == "corrupted model":
+        model = (source / "model.onnx").read_bytes()
+        (bundle / "model.onnx").write_bytes(model[: len(model) // 2])  # a half-copied file
+        shutil.copy(source / "tokenizer.json", bundle)
+    else:
+        (bundle / "model.onnx").symlink_to(source / "model.onnx")
+    return bundle
+
+
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("fault", "message"),
     [
-        ({"EMBED_MODEL_DIR": "/nonexistent/bundle"}, "does not exist; build it with `make models`"),
-        ({"EMBED_DEVICE": "cuda"}, "install the CUDA build of onnxruntime"),
+        ("missing bundle", "does not exist; build it with `make models`"),
+        ("corrupted model", "does not match the sha256 in its manifest (corrupted or partly"),
+        ("missing tokenizer", "has no tokenizer.json; re-export it"),
+        ("cuda without its provider", "install the CUDA build of onnxruntime"),
+        ("unknown default model", "EMBED_DEFAULT_MODEL=nope is not served"),
     ],
 )
 def test_startup_faults_exit_with_one_clear_line(
-    settings: Settings, env: dict[str, str], message: str, tmp_path: Path
+    settings: Settings, fault: str, message: str, tmp_path: Path
 ) -> None:
     import onnxruntime as ort
 
-    if (
-        env.get("EMBED_DEVICE") == "cuda"
-        and "CUDAExecutionProvider" in ort.get_available_providers()
-    ):
-        pytest.skip("this onnxruntime has the CUDA provider")
+    env = {"EMBED_MODEL_DIR": str(settings.model_dir), "EMBED_PORT": "0"}
+    if fault == "missing bundle":
+        env["EMBED_MODEL_DIR"] = "/nonexistent/bundle"
+    elif fault in {"corrupted model", "missing tokenizer"}:
+        env["EMBED_MODEL_DIR"] = str(broken_bundle(settings.model_dir, tmp_path, fault))
+    elif fault == "unknown default model":
+        env["EMBED_DEFAULT_MODEL"] = "nope"
+    else:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            pytest.skip("this onnxruntime has the CUDA provider")
+        env["EMBED_DEVICE"] = "cuda"
     log = tmp_path / "server.log"
-    process = start({"EMBED_MODEL_DIR": str(settings.model_dir), "EMBED_PORT": "0", **env}, log)
+    process = start(env, log)
     assert process.wait(timeout=60) == 2
     output = log.read_text()
     lines = output.strip().splitlines()
