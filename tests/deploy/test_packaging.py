@@ -1,0 +1,133 @@
+"""The container, compose and Kubernetes files: linted and validated with the real tools, and
+checked for what this service needs of them. (No Docker engine runs here; the image's install
+steps are run outside Docker by ``tests/e2e/test_image_steps.py``.)"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A command-line tool from this environment (the test requirements install them)."""
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: run the tests with `make test`")
+    return found
+
+
+def stages() -> dict[str, str]:
+    """The Dockerfile's stages by name, each with its instructions (comments dropped)."""
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    found: dict[str, str] = {}
+    for chunk in re.split(r"(?m)^FROM ", "\n".join(lines))[1:]:
+        name = chunk.splitlines()[0].split(" AS ")[-1].strip()
+        found[name] = chunk
+    return found
+
+
+def test_hadolint_passes() -> None:
+    result = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "info", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_stages() -> None:
+    found = stages()
+    assert list(found) == ["export", "cuda", "runtime"]  # runtime last: the default target
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in found["export"]
+    for name in ("runtime", "cuda"):
+        stage = found[name]
+        assert "torch" not in stage.replace("scripts/install-runtime.sh", "")
+        assert "scripts/install-runtime.sh /opt/venv" in stage
+        assert re.search(r"(?m)^USER 10001$", stage)  # not root
+        assert "EMBED_HOST=0.0.0.0" in stage and re.search(r"(?m)^EXPOSE 8000$", stage)
+        assert 'CMD ["python", "-m", "app.healthcheck"]' in stage
+        assert "COPY --from=export /src/models/all-MiniLM-L6-v2" in stage
+    assert (
+        "EMBED_DEVICE=cuda" in found["cuda"]
+        and "install-runtime.sh /opt/venv cuda" in found["cuda"]
+    )
+
+
+def test_dockerignore_sends_only_what_the_stages_copy() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"
+    assert {"!app/", "!scripts/", "!requirements/"} <= set(rules)
+    copied = set(re.findall(r"(?m)^COPY (?!--from)(\S+)", (ROOT / "Dockerfile").read_text()))
+    for source in copied:
+        assert any(
+            source.startswith(rule[1:].rstrip("/")) for rule in rules if rule.startswith("!")
+        )
+
+
+def load_k8s() -> dict[str, dict[str, Any]]:
+    return {
+        doc["kind"]: doc
+        for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+    }
+
+
+def test_kubernetes_manifests_validate() -> None:
+    paths = sorted(str(p) for p in (ROOT / "deploy" / "k8s").glob("*.yaml"))
+    result = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", *paths], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(load_k8s()) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+
+
+def test_the_deployment_probes_resources_and_threads() -> None:
+    manifests = load_k8s()
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    limits = container["resources"]["limits"]
+    assert env["EMBED_INTRA_OP_THREADS"] == limits["cpu"]  # one onnxruntime thread per core
+    assert container["resources"]["requests"]["cpu"] == limits["cpu"]  # whole cores, no sharing
+    memory_mib = int(limits["memory"].removesuffix("Mi"))
+    assert memory_mib >= 254 * 1.5  # the soak's measured peak, with room
+    grace = int(env["EMBED_SHUTDOWN_GRACE_S"])
+    prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > grace + prestop
+    hpa = manifests["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == manifests["Deployment"]["metadata"]["name"]
+    assert manifests["Service"]["spec"]["selector"] == pod.get(
+        "labels", manifests["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_compose_wires_the_service_prometheus_models_and_a_gpu_profile() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"embed", "embed-gpu", "prometheus"} <= set(services)
+    assert services["embed"]["build"]["target"] == "runtime"
+    assert "models:/srv/models" in services["embed"]["volumes"] and "models" in compose["volumes"]
+    gpu = services["embed-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "cuda"
+    assert gpu["environment"]["EMBED_DEVICE"] == "cuda"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    prometheus = services["prometheus"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"]
+    targets = scrape[0]["static_configs"][0]["targets"]
+    assert targets == ["embed:8000"] and scrape[0]["metrics_path"] == "/metrics"
