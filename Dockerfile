@@ -1,11 +1,15 @@
 # syntax=docker/dockerfile:1
-# Three stages:
-#   export   torch (CPU wheel) and the export tools; exports the default model to ONNX
-#   cuda     the service on onnxruntime-gpu, for NVIDIA GPUs (--target cuda)
-#   runtime  the image to run (the default target): runtime packages and the bundle, no torch
-# Build:  docker build -t embed-service .            docker build --target cuda -t embed-service:cuda .
+# Stages:
+#   export     torch (CPU wheel) and the export tools; exports the default model to ONNX
+#   base-cpu   Python 3.11 slim with the runtime packages, onnxruntime (CPU)
+#   base-cuda  CUDA 12 + cuDNN 9 with the runtime packages, onnxruntime-gpu
+#   runtime    the image to run (the default target): base-$FLAVOUR, app/ and the bundle, no torch
+# Build:  docker build -t embed-service .
+#         docker build --build-arg FLAVOUR=cuda -t embed-service:cuda .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG FLAVOUR=cpu
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS export
@@ -24,11 +28,16 @@ COPY scripts scripts
 RUN python scripts/export_onnx.py --optimize --output-dir /src/models
 
 # ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS base-cpu
+WORKDIR /srv
+COPY requirements/runtime.txt requirements/runtime.txt
+COPY scripts/install-runtime.sh scripts/install-runtime.sh
+RUN scripts/install-runtime.sh /opt/venv cpu
+ENV EMBED_DEVICE=cpu
+
+# ---------------------------------------------------------------------------------------------
 # onnxruntime-gpu 1.31 needs CUDA 12 and cuDNN 9; Ubuntu 24.04 brings Python 3.12.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS cuda
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PATH=/opt/venv/bin:$PATH
+FROM ${CUDA_IMAGE} AS base-cuda
 # Ubuntu's point releases of these move under a pin; the base image's tag fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -37,42 +46,28 @@ RUN apt-get update \
 WORKDIR /srv
 COPY requirements/runtime.txt requirements/runtime.txt
 COPY scripts/install-runtime.sh scripts/install-runtime.sh
-RUN scripts/install-runtime.sh /opt/venv cuda \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin embed
-COPY app app
-COPY --from=export /src/models/all-MiniLM-L6-v2 models/all-MiniLM-L6-v2
-ENV EMBED_HOST=0.0.0.0 \
-    EMBED_PORT=8000 \
-    EMBED_MODEL_DIR=/srv/models/all-MiniLM-L6-v2 \
-    EMBED_DEVICE=cuda \
-    EMBED_LOG_FORMAT=json \
-    HF_HUB_OFFLINE=1
-USER 10001
-EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "app.healthcheck"]
-CMD ["python", "-m", "app"]
+RUN scripts/install-runtime.sh /opt/venv cuda
+ENV EMBED_DEVICE=cuda
 
 # ---------------------------------------------------------------------------------------------
 # The default target (the last stage).
-FROM ${PYTHON_IMAGE} AS runtime
+# base-cpu or base-cuda is a stage of this file, not an image to tag (hadolint cannot tell).
+# hadolint ignore=DL3006
+FROM base-${FLAVOUR} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PATH=/opt/venv/bin:$PATH
-WORKDIR /srv
-COPY requirements/runtime.txt requirements/runtime.txt
-COPY scripts/install-runtime.sh scripts/install-runtime.sh
-RUN scripts/install-runtime.sh /opt/venv \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin embed
-COPY app app
-COPY --from=export /src/models/all-MiniLM-L6-v2 models/all-MiniLM-L6-v2
-ENV EMBED_HOST=0.0.0.0 \
+    PATH=/opt/venv/bin:$PATH \
+    EMBED_HOST=0.0.0.0 \
     EMBED_PORT=8000 \
     EMBED_MODEL_DIR=/srv/models/all-MiniLM-L6-v2 \
     EMBED_LOG_FORMAT=json \
     HF_HUB_OFFLINE=1
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin embed
+WORKDIR /srv
+COPY app app
+COPY --from=export /src/models/all-MiniLM-L6-v2 models/all-MiniLM-L6-v2
 USER 10001
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "app.healthcheck"]
 CMD ["python", "-m", "app"]

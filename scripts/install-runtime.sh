@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates the serving environment in $1 from requirements/runtime.txt, exactly as pinned, with
-# nothing resolved on the fly (so no torch can sneak in). The Dockerfile's runtime stages run
-# this very script; tests/e2e/test_image_steps.py runs it into a scratch folder.
-#   scripts/install-runtime.sh VENV          the CPU build of onnxruntime
+# nothing resolved on the fly (so no torch can sneak in). The Dockerfile's base-cpu and
+# base-cuda stages run this very script; tests/e2e/test_image_steps.py runs it into a scratch
+# folder.
+#   scripts/install-runtime.sh VENV [cpu]    the CPU build of onnxruntime
 #   scripts/install-runtime.sh VENV cuda     onnxruntime-gpu in its place (CUDA 12, cuDNN 9)
 set -euo pipefail
 venv=${1:?usage: install-runtime.sh VENV [cuda]}

@@ -49,20 +49,20 @@ def test_hadolint_passes() -> None:
 
 def test_the_image_stages() -> None:
     found = stages()
-    assert list(found) == ["export", "cuda", "runtime"]  # runtime last: the default target
+    assert list(found) == ["export", "base-cpu", "base-cuda", "runtime"]  # runtime: the default
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in found["export"]
-    for name in ("runtime", "cuda"):
-        stage = found[name]
-        assert "torch" not in stage.replace("scripts/install-runtime.sh", "")
-        assert "scripts/install-runtime.sh /opt/venv" in stage
-        assert re.search(r"(?m)^USER 10001$", stage)  # not root
-        assert "EMBED_HOST=0.0.0.0" in stage and re.search(r"(?m)^EXPOSE 8000$", stage)
-        assert 'CMD ["python", "-m", "app.healthcheck"]' in stage
-        assert "COPY --from=export /src/models/all-MiniLM-L6-v2" in stage
-    assert (
-        "EMBED_DEVICE=cuda" in found["cuda"]
-        and "install-runtime.sh /opt/venv cuda" in found["cuda"]
-    )
+    assert "install-runtime.sh /opt/venv cpu" in found["base-cpu"]
+    assert "install-runtime.sh /opt/venv cuda" in found["base-cuda"]
+    assert "EMBED_DEVICE=cuda" in found["base-cuda"] and "EMBED_DEVICE=cpu" in found["base-cpu"]
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG FLAVOUR=cpu" in text and found["runtime"].startswith("base-${FLAVOUR} AS runtime")
+    for name in ("base-cpu", "base-cuda", "runtime"):  # what the image holds: no torch
+        assert "torch" not in found[name]
+    runtime = found["runtime"]
+    assert re.search(r"(?m)^USER 10001$", runtime)  # not root
+    assert "EMBED_HOST=0.0.0.0" in runtime and re.search(r"(?m)^EXPOSE 8000$", runtime)
+    assert 'CMD ["python", "-m", "app.healthcheck"]' in runtime
+    assert "COPY --from=export /src/models/all-MiniLM-L6-v2" in runtime
 
 
 def test_dockerignore_sends_only_what_the_stages_copy() -> None:
@@ -120,11 +120,10 @@ def test_compose_wires_the_service_prometheus_models_and_a_gpu_profile() -> None
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"embed", "embed-gpu", "prometheus"} <= set(services)
-    assert services["embed"]["build"]["target"] == "runtime"
+    assert "args" not in services["embed"]["build"]  # the default flavour: CPU
     assert "models:/srv/models" in services["embed"]["volumes"] and "models" in compose["volumes"]
     gpu = services["embed-gpu"]
-    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "cuda"
-    assert gpu["environment"]["EMBED_DEVICE"] == "cuda"
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["args"] == {"FLAVOUR": "cuda"}
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     prometheus = services["prometheus"]
     assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]

@@ -1,5 +1,5 @@
 """The runtime image's own steps, outside Docker: ``scripts/install-runtime.sh`` into a clean
-folder (as the Dockerfile's runtime stage runs it), then ``python -m app`` from that environment
+folder (as the Dockerfile's base-cpu stage runs it), then ``python -m app`` from that environment
 serving the exported bundle, and the image's HEALTHCHECK command."""
 
 from __future__ import annotations
