@@ -2,6 +2,8 @@
 # Re-pins requirements/{runtime,test,export}.txt from pyproject.toml, each in a throwaway venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+unset PYTHONPATH  # the Makefile exports the checkout; pip freeze must see only each venv
+export LC_ALL=C   # one sort order on every machine
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 deps() {  # the dependency list of pyproject.toml, or of one optional group
