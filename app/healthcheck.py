@@ -12,7 +12,7 @@ import urllib.request
 def main() -> int:
     url = f"http://127.0.0.1:{os.environ.get('EMBED_PORT', '8000')}/health"
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (a fixed URL)
+        with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
     except (urllib.error.URLError, OSError):
         return 1
