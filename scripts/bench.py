@@ -137,15 +137,17 @@ def http_cases(bundle: str, sentence_file: Path, seconds: int) -> dict[str, Any]
     import urllib.request
 
     port = free_port()
-    env = {
+    env = {  # default settings otherwise: the JSON access log included, written to a file
         **os.environ,
         "EMBED_PORT": str(port),
         "EMBED_MODEL_DIR": str(MODELS / bundle),
-        "EMBED_LOG_LEVEL": "warning",
         "PYTHONPATH": str(ROOT),
     }
     started = time.perf_counter()
-    server = subprocess.Popen([str(SERVER_PYTHON), "-m", "app"], cwd=ROOT, env=env)
+    log = (sentence_file.parent / f"server-{bundle}.log").open("wb")
+    server = subprocess.Popen(
+        [str(SERVER_PYTHON), "-m", "app"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
@@ -168,6 +170,7 @@ def http_cases(bundle: str, sentence_file: Path, seconds: int) -> dict[str, Any]
     finally:
         server.terminate()
         server.wait()
+        log.close()
     return {"ready_seconds": ready, "peak_rss_mb": rss, "runs": runs}
 
 

@@ -152,8 +152,8 @@ class Encoder:
         With ``truncate=False`` an input over the limit raises ``InputTooLong``.
         """
         if truncate:
-            return self._truncating.encode_batch(list(texts))
-        encodings = self._whole.encode_batch(list(texts))
+            return _encode(self._truncating, texts)
+        encodings = _encode(self._whole, texts)
         limit = self.bundle.max_seq_length
         for index, encoding in enumerate(encodings):
             if len(encoding.ids) > limit:
@@ -196,6 +196,14 @@ class Encoder:
         if normalize:
             vectors = l2_normalize(vectors)
         return Embedded(vectors, [len(e.ids) for e in encodings])
+
+
+def _encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[Encoding]:
+    """``encode_batch`` hands the texts to a thread pool; for one text, plain ``encode`` skips
+    that hand-off (the common case under load: one sentence per request)."""
+    if len(texts) == 1:
+        return [tokenizer.encode(texts[0])]
+    return tokenizer.encode_batch(list(texts))
 
 
 def _load_tokenizer(bundle: Bundle, *, truncate: bool) -> Tokenizer:
