@@ -12,6 +12,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api.errors import install_error_handlers
+from app.api.fastpath import PATH as EMBED_PATH
+from app.api.fastpath import EmbedFastPath
 from app.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from app.api.routes import embeddings, health, metrics, openai
 from app.api.routes.docs import install_docs
@@ -54,7 +56,10 @@ def create_app(
     for module in (embeddings, openai, health, metrics):
         app.include_router(module.router)
     install_docs(app)
-    # Added innermost first: a request meets RequestContext, CORS, ApiKey, BodyLimit, the route.
+    # Added innermost first: a request meets RequestContext, CORS, ApiKey, BodyLimit, then the
+    # /embed fast path or FastAPI's routing.
+    embed_route = next(r for r in embeddings.router.routes if getattr(r, "path", "") == EMBED_PATH)
+    app.add_middleware(EmbedFastPath, route=embed_route)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_keys:
         keys = [key.get_secret_value() for key in settings.api_keys]

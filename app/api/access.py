@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.types import Scope
 
 from app.engine.encoder import Embedded
 
 
-def account(request: Request, model: str, embedded: Embedded) -> dict[str, str]:
-    """Note the request's model, inputs, tokens, queue and inference time for the access log;
-    return the ``x-queue-time`` and ``x-inference-time`` headers (ms). The middleware adds
-    ``x-total-time``."""
+def account(scope: Scope, model: str, embedded: Embedded) -> dict[str, str]:
+    """Note the request's model, inputs, tokens, queue and inference time for the access log
+    (in the request's state, where ``RequestContextMiddleware`` reads it); return the
+    ``x-queue-time`` and ``x-inference-time`` headers (ms). The middleware adds ``x-total-time``."""
     queue_ms = embedded.queue_s * 1000
     inference_ms = embedded.inference_s * 1000
-    request.state.access = {
+    scope.setdefault("state", {})["access"] = {
         "model": model,
         "inputs": len(embedded.token_counts),
         "tokens": sum(embedded.token_counts),

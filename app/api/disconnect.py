@@ -11,17 +11,18 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.types import Receive
 
 from app.errors import ClientClosed
 
 T = TypeVar("T")
 
 
-async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise ``ClientClosed``."""
+async def unless_disconnected(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``; if the client disconnects first (``receive`` is the request's ASGI
+    channel, its body already read), cancel it and raise ``ClientClosed``."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher = asyncio.ensure_future(_disconnected(receive))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -32,6 +33,6 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     raise ClientClosed("the client closed the connection before the answer was ready")
 
 
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass

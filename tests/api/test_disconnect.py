@@ -30,7 +30,7 @@ def test_a_departed_clients_rows_never_reach_the_model(
         request = Request({"type": "http", "method": "POST", "headers": []}, leaves_soon)
         try:
             with pytest.raises(ClientClosed):
-                await unless_disconnected(request, engine.embed(["gone"]))
+                await unless_disconnected(request.receive, engine.embed(["gone"]))
         finally:
             held.release.set()
         await first

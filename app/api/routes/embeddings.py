@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from starlette.types import Receive, Scope
 
 from app.api.access import account
 from app.api.deps import ModelsDep
@@ -17,6 +18,7 @@ from app.api.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from app.engine.registry import ModelRegistry
 from app.errors import ErrorCode as C
 
 router = APIRouter(tags=["embeddings"])
@@ -38,10 +40,18 @@ _TEXT_ERRORS = (
 @router.post("/embed", response_model=EmbedResponse, responses=error_responses(*_TEXT_ERRORS))
 async def embed(request: Request, body: EmbedRequest, models: ModelsDep) -> FastJSONResponse:
     """Embed one text or a list of texts; one vector per input, in input order."""
+    return await embed_response(models, body, request.scope, request.receive)
+
+
+async def embed_response(
+    models: ModelRegistry, body: EmbedRequest, scope: Scope, receive: Receive
+) -> FastJSONResponse:
+    """``POST /embed``'s answer; also called by ``EmbedFastPath``, which skips FastAPI's
+    request handling for this one hot route."""
     engine = models.get(body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     work = engine.embed(texts, normalize=body.normalize, truncate=body.truncate)
-    result = await unless_disconnected(request, work)
+    result = await unless_disconnected(receive, work)
     tokens = sum(result.token_counts)
     return FastJSONResponse(
         {
@@ -50,7 +60,7 @@ async def embed(request: Request, body: EmbedRequest, models: ModelsDep) -> Fast
             "embeddings": result.vectors,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
-        headers=account(request, engine.model_id, result),
+        headers=account(scope, engine.model_id, result),
     )
 
 
@@ -63,7 +73,7 @@ async def similarity(
     """Cosine similarity of ``source`` with each of ``targets``, in order."""
     engine = models.get(body.model)
     work = engine.similarity(body.source, body.targets, truncate=body.truncate)
-    scores, result = await unless_disconnected(request, work)
+    scores, result = await unless_disconnected(request.receive, work)
     tokens = sum(result.token_counts)
     return FastJSONResponse(
         {
@@ -71,7 +81,7 @@ async def similarity(
             "scores": scores,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
-        headers=account(request, engine.model_id, result),
+        headers=account(request.scope, engine.model_id, result),
     )
 
 

@@ -72,7 +72,7 @@ async def create_embeddings(
         work = engine.embed_ids([inputs])
     else:
         work = engine.embed_ids(inputs)
-    result = await unless_disconnected(request, work)
+    result = await unless_disconnected(request.receive, work)
     vectors = result.vectors
     if body.dimensions is not None and body.dimensions < engine.dimension:
         vectors = shorten(vectors, body.dimensions)
@@ -84,7 +84,7 @@ async def create_embeddings(
             "model": engine.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
-        headers=account(request, engine.model_id, result),
+        headers=account(request.scope, engine.model_id, result),
     )
 
 
