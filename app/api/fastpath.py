@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import render_error
+from app.api.middleware import replay
 from app.api.routes.embeddings import embed_response
 from app.api.schemas import EmbedRequest
 from app.errors import ServiceError
@@ -45,12 +46,12 @@ class EmbedFastPath:
             return
         body, messages = await _read_body(receive)
         if body is None:  # the client left mid-body
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, replay(messages, then=receive), send)
             return
         try:
             request = EmbedRequest.model_validate_json(body)
         except ValidationError:
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, replay(messages, then=receive), send)
             return
         scope["route"] = self.route
         response: Response
@@ -82,12 +83,3 @@ async def _read_body(receive: Receive) -> tuple[bytes | None, list[Message]]:
     if len(messages) == 1:
         return message.get("body", b""), messages
     return b"".join(m.get("body", b"") for m in messages), messages
-
-
-def _replay(messages: list[Message], then: Receive) -> Receive:
-    pending = list(messages)
-
-    async def receive() -> Message:
-        return pending.pop(0) if pending else await then()
-
-    return receive

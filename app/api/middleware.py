@@ -155,7 +155,7 @@ class BodyLimitMiddleware:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                await self.app(scope, _replay([message]), send)
+                await self.app(scope, replay([message]), send)
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
@@ -163,7 +163,7 @@ class BodyLimitMiddleware:
                 await self._refuse(scope, receive, send)
                 return
         request = {"type": "http.request", "body": bytes(body), "more_body": False}
-        await self.app(scope, _replay([request], then=receive), send)
+        await self.app(scope, replay([request], then=receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLarge(
@@ -175,7 +175,7 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+def replay(messages: list[Message], then: Receive | None = None) -> Receive:
     """A ``receive`` that hands out ``messages`` first, then defers to ``then``."""
     pending = list(messages)
 
