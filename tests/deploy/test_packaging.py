@@ -105,7 +105,7 @@ def test_the_deployment_probes_resources_and_threads() -> None:
     assert env["EMBED_INTRA_OP_THREADS"] == limits["cpu"]  # one onnxruntime thread per core
     assert container["resources"]["requests"]["cpu"] == limits["cpu"]  # whole cores, no sharing
     memory_mib = int(limits["memory"].removesuffix("Mi"))
-    assert memory_mib >= 254 * 1.5  # the soak's measured peak, with room
+    assert memory_mib >= 264 * 1.5  # where RSS levels off in a long soak, with room
     grace = int(env["EMBED_SHUTDOWN_GRACE_S"])
     prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] > grace + prestop
