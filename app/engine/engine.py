@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tokenizers import Encoding
@@ -49,13 +50,17 @@ class Batching:
     request_timeout_s: float = 30.0
 
 
+def check_count(count: int, limits: Limits) -> None:
+    """Refuse a request with more inputs than ``EMBED_MAX_INPUTS``."""
+    if count > limits.max_inputs:
+        raise PayloadTooLarge(
+            f"{count} inputs in one request; the limit is {limits.max_inputs} (EMBED_MAX_INPUTS)"
+        )
+
+
 def check_texts(texts: Sequence[str], limits: Limits) -> None:
     """Refuse what must not reach the model: too many inputs, too long, not encodable."""
-    if len(texts) > limits.max_inputs:
-        raise PayloadTooLarge(
-            f"{len(texts)} inputs in one request; the limit is {limits.max_inputs} "
-            "(EMBED_MAX_INPUTS)"
-        )
+    check_count(len(texts), limits)
     for index, text in enumerate(texts):
         if len(text) > limits.max_input_chars:
             raise PayloadTooLarge(
@@ -134,18 +139,14 @@ class EmbeddingEngine:
         """
         started = time.perf_counter()
         check_texts(texts, self.limits)
-        encodings = await self._tokenize(texts, truncate)
+        encodings = await self._tokenize(texts, partial(self.encoder.tokenize, truncate=truncate))
         return await self._run(encodings, normalize, started)
 
     async def embed_ids(self, rows: Sequence[Sequence[int]], *, normalize: bool = True) -> Embedded:
         """Vectors for inputs given as the model's own token ids, taken verbatim (no special
         tokens added); an id outside the vocabulary or a row over the model's limit is a 422."""
         started = time.perf_counter()
-        if len(rows) > self.limits.max_inputs:
-            raise PayloadTooLarge(
-                f"{len(rows)} inputs in one request; the limit is {self.limits.max_inputs} "
-                "(EMBED_MAX_INPUTS)"
-            )
+        check_count(len(rows), self.limits)
         vocab, limit = self.encoder.vocab_size, self.encoder.bundle.max_seq_length
         for index, ids in enumerate(rows):
             if len(ids) > limit:
@@ -165,12 +166,7 @@ class EmbeddingEngine:
         """Each text's whole tokenization, nothing cut off (``len(ids)`` over the model's
         ``max_seq_length`` means an embedding would truncate it)."""
         check_texts(texts, self.limits)
-        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            return self.encoder.tokenize_whole(texts)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._tokenizer_thread, self.encoder.tokenize_whole, texts
-        )
+        return await self._tokenize(texts, self.encoder.tokenize_whole)
 
     async def _run(
         self, encodings: Sequence[Tokenized], normalize: bool, started: float
@@ -200,10 +196,11 @@ class EmbeddingEngine:
         self._batcher.stop()
         self._tokenizer_thread.shutdown(wait=True)
 
-    async def _tokenize(self, texts: Sequence[str], truncate: bool) -> list[Encoding]:
+    async def _tokenize(
+        self, texts: Sequence[str], tokenize: Callable[[Sequence[str]], list[Encoding]]
+    ) -> list[Encoding]:
+        """``tokenize(texts)``: in place when small, in the tokenizer thread when large."""
         if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            return self.encoder.tokenize(texts, truncate=truncate)
+            return tokenize(texts)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._tokenizer_thread, lambda: self.encoder.tokenize(texts, truncate=truncate)
-        )
+        return await loop.run_in_executor(self._tokenizer_thread, tokenize, texts)

@@ -147,3 +147,9 @@ def test_cors_is_off_by_default(client: TestClient) -> None:
         "/embed", json={"inputs": "a"}, headers={"Origin": "https://app.example"}
     )
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_tokenize_a_long_text_in_the_tokenizer_thread(client: TestClient) -> None:
+    response = client.post("/tokenize", json={"inputs": "word " * 1000})  # over 4,096 chars
+    (row,) = response.json()["data"]
+    assert row["count"] == 1002 and row["truncated"] is True
