@@ -61,6 +61,21 @@ def render_error(
     )
 
 
+TEXT_ERRORS = (
+    ErrorCode.INVALID_JSON,
+    ErrorCode.INVALID_API_KEY,
+    ErrorCode.MODEL_NOT_FOUND,
+    ErrorCode.VALIDATION_ERROR,
+    ErrorCode.INVALID_TEXT,
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.NOT_READY,
+)
+"""What a route that takes texts and a model can answer: /tokenize, and every embedding route."""
+
+EMBEDDING_ERRORS = (*TEXT_ERRORS, ErrorCode.INPUT_TOO_LONG, ErrorCode.OVERLOADED, ErrorCode.TIMEOUT)
+"""...and, for a route whose texts go through the queue to the model, these as well."""
+
+
 def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` declaring the error statuses a route can give."""
     from app.api.schemas import ErrorResponse

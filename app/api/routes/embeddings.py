@@ -8,7 +8,7 @@ from starlette.types import Receive, Scope
 from app.api.access import account
 from app.api.deps import ModelsDep
 from app.api.disconnect import unless_disconnected
-from app.api.errors import error_responses
+from app.api.errors import EMBEDDING_ERRORS, TEXT_ERRORS, error_responses
 from app.api.responses import FastJSONResponse
 from app.api.schemas import (
     EmbedRequest,
@@ -19,25 +19,11 @@ from app.api.schemas import (
     TokenizeResponse,
 )
 from app.engine.registry import ModelRegistry
-from app.errors import ErrorCode as C
 
 router = APIRouter(tags=["embeddings"])
 
-_TEXT_ERRORS = (
-    C.INVALID_JSON,
-    C.INVALID_API_KEY,
-    C.MODEL_NOT_FOUND,
-    C.VALIDATION_ERROR,
-    C.INVALID_TEXT,
-    C.INPUT_TOO_LONG,
-    C.PAYLOAD_TOO_LARGE,
-    C.OVERLOADED,
-    C.NOT_READY,
-    C.TIMEOUT,
-)
 
-
-@router.post("/embed", response_model=EmbedResponse, responses=error_responses(*_TEXT_ERRORS))
+@router.post("/embed", response_model=EmbedResponse, responses=error_responses(*EMBEDDING_ERRORS))
 async def embed(request: Request, body: EmbedRequest, models: ModelsDep) -> FastJSONResponse:
     """Embed one text or a list of texts; one vector per input, in input order."""
     return await embed_response(models, body, request.scope, request.receive)
@@ -65,7 +51,7 @@ async def embed_response(
 
 
 @router.post(
-    "/similarity", response_model=SimilarityResponse, responses=error_responses(*_TEXT_ERRORS)
+    "/similarity", response_model=SimilarityResponse, responses=error_responses(*EMBEDDING_ERRORS)
 )
 async def similarity(
     request: Request, body: SimilarityRequest, models: ModelsDep
@@ -88,15 +74,7 @@ async def similarity(
 @router.post(
     "/tokenize",
     response_model=TokenizeResponse,
-    responses=error_responses(
-        C.INVALID_JSON,
-        C.INVALID_API_KEY,
-        C.MODEL_NOT_FOUND,
-        C.VALIDATION_ERROR,
-        C.INVALID_TEXT,
-        C.PAYLOAD_TOO_LARGE,
-        C.NOT_READY,
-    ),
+    responses=error_responses(*TEXT_ERRORS),
 )
 async def tokenize(body: TokenizeRequest, models: ModelsDep) -> FastJSONResponse:
     """Each input's token ids, tokens and character offsets, nothing cut off, and whether an

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from app.api.access import account
 from app.api.deps import ModelsDep
 from app.api.disconnect import unless_disconnected
-from app.api.errors import error_responses
+from app.api.errors import EMBEDDING_ERRORS, error_responses
 from app.api.responses import FastJSONResponse
 from app.api.schemas import (
     OpenAIEmbeddingRequest,
@@ -36,20 +36,7 @@ OWNER = "embed-service"
 @router.post(
     "/embeddings",
     response_model=OpenAIEmbeddingResponse,
-    responses=error_responses(
-        C.INVALID_JSON,
-        C.INVALID_PARAMETER,
-        C.INVALID_API_KEY,
-        C.MODEL_NOT_FOUND,
-        C.VALIDATION_ERROR,
-        C.INVALID_TEXT,
-        C.INVALID_TOKEN_ID,
-        C.INPUT_TOO_LONG,
-        C.PAYLOAD_TOO_LARGE,
-        C.OVERLOADED,
-        C.NOT_READY,
-        C.TIMEOUT,
-    ),
+    responses=error_responses(*EMBEDDING_ERRORS, C.INVALID_PARAMETER, C.INVALID_TOKEN_ID),
 )
 async def create_embeddings(
     request: Request, body: OpenAIEmbeddingRequest, models: ModelsDep
