@@ -34,14 +34,11 @@ class EmbedFastPath:
         self.route = route  # the FastAPI route it stands in for: metrics label it the same
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
         models = scope.get("state", {}).get("models")
-        if (
-            scope["type"] != "http"
-            or scope["path"] != PATH
-            or scope["method"] != "POST"
-            or models is None
-            or not _is_json(scope)
-        ):
+        if models is None or not _is_json(scope):
             await self.app(scope, receive, send)
             return
         body, messages = await _read_body(receive)

@@ -100,6 +100,13 @@ class Batcher:
         # take turns on all the cores instead of running at once and oversubscribing them.
         self._cores = cores or threading.Lock()
         self.model_id = encoder.bundle.id
+        # This model's metric series, looked up once rather than on every request and pass.
+        self._queue_depth = QUEUE_DEPTH.labels(self.model_id)
+        self._queue_wait = QUEUE_WAIT.labels(self.model_id)
+        self._pass_seconds = INFERENCE_DURATION.labels(self.model_id)
+        self._pass_rows = BATCH_SIZE.labels(self.model_id)
+        self._pass_real_tokens = BATCH_TOKENS.labels(self.model_id, "real")
+        self._pass_padded_tokens = BATCH_TOKENS.labels(self.model_id, "padded")
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_rows = max_batch_rows
         self.max_queue_tokens = max_queue_tokens
@@ -135,7 +142,7 @@ class Batcher:
             self._jobs.append(job)
             self._queued_tokens += tokens
             self._queued_rows += len(encodings)
-            QUEUE_DEPTH.labels(self.model_id).set(self._queued_rows)
+            self._queue_depth.set(self._queued_rows)
             self._cond.notify()
         return job.future
 
@@ -182,7 +189,7 @@ class Batcher:
             lengths = job.lengths
             if job.taken == 0:
                 job.queue_s = now - job.enqueued
-                QUEUE_WAIT.labels(self.model_id).observe(job.queue_s)
+                self._queue_wait.observe(job.queue_s)
             abandoned = job.abandoned()
             while job.taken < len(lengths) and tokens < budget:
                 if not abandoned:
@@ -193,7 +200,7 @@ class Batcher:
                 job.taken += 1
             if job.taken == len(lengths):
                 self._jobs.popleft()
-        QUEUE_DEPTH.labels(self.model_id).set(self._queued_rows)
+        self._queue_depth.set(self._queued_rows)
         return work
 
     def _run_round(self, work: list[tuple[Job, int]]) -> None:
@@ -217,10 +224,10 @@ class Batcher:
         real = sum(len(e.ids) for e in encodings)
         padded = len(encodings) * max(len(e.ids) for e in encodings)
         self._throughput = 0.8 * self._throughput + 0.2 * (real / max(elapsed, 1e-6))
-        INFERENCE_DURATION.labels(self.model_id).observe(elapsed)
-        BATCH_SIZE.labels(self.model_id).observe(len(rows))
-        BATCH_TOKENS.labels(self.model_id, "real").observe(real)
-        BATCH_TOKENS.labels(self.model_id, "padded").observe(padded)
+        self._pass_seconds.observe(elapsed)
+        self._pass_rows.observe(len(rows))
+        self._pass_real_tokens.observe(real)
+        self._pass_padded_tokens.observe(padded)
         for job in {job for job, _ in rows}:
             job.inference_s += elapsed
         finished: list[Outcome] = []

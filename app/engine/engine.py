@@ -92,6 +92,8 @@ class EmbeddingEngine:
         self.batching = batching or Batching()
         self.model_id = encoder.bundle.id
         self.dimension = encoder.bundle.dimension
+        self._inputs_total = INPUTS.labels(self.model_id)  # looked up once, counted per request
+        self._tokens_total = TOKENS.labels(self.model_id)
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
         self._batcher = Batcher(
             encoder,
@@ -180,8 +182,8 @@ class EmbeddingEngine:
                 f"no answer within {self.batching.request_timeout_s:g} s "
                 "(EMBED_REQUEST_TIMEOUT_S); the server is busy, retry later"
             ) from None
-        INPUTS.labels(self.model_id).inc(len(encodings))
-        TOKENS.labels(self.model_id).inc(sum(result.token_counts))
+        self._inputs_total.inc(len(encodings))
+        self._tokens_total.inc(sum(result.token_counts))
         return result
 
     async def similarity(
