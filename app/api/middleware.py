@@ -31,8 +31,9 @@ class RequestContextMiddleware:
 
     The ``route`` label is the matched route's template, or ``unmatched``, so that scanning random
     paths cannot blow up the metric's label set. An embedding route leaves what it did in
-    ``scope["state"]["access"]`` (model, inputs, tokens, queue and inference time, see
-    ``app.api.access``); this adds ``x-total-time`` to its response and those fields to the line.
+    ``scope["state"]["access"]`` (model, inputs, tokens, queue and inference time; see
+    ``app.api.access_log``); this adds ``x-total-time`` to its response and those fields to the
+    line.
     """
 
     def __init__(self, app: ASGIApp) -> None:

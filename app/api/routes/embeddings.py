@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.types import Receive, Scope
 
-from app.api.access import account
+from app.api.access_log import note_embedding
 from app.api.deps import ModelsDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import EMBEDDING_ERRORS, TEXT_ERRORS, error_responses
@@ -26,6 +26,9 @@ router = APIRouter(tags=["embeddings"])
 @router.post("/embed", response_model=EmbedResponse, responses=error_responses(*EMBEDDING_ERRORS))
 async def embed(request: Request, body: EmbedRequest, models: ModelsDep) -> FastJSONResponse:
     """Embed one text or a list of texts; one vector per input, in input order."""
+    # A well-formed JSON request never gets here: app/api/fastpath.py answers it with
+    # embed_response below. This route declares /embed in the OpenAPI document and serves
+    # what the fast path hands on (bodies that do not validate, other content types).
     return await embed_response(models, body, request.scope, request.receive)
 
 
@@ -46,7 +49,7 @@ async def embed_response(
             "embeddings": result.vectors,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
-        headers=account(scope, engine.model_id, result),
+        headers=note_embedding(scope, engine.model_id, result),
     )
 
 
@@ -67,7 +70,7 @@ async def similarity(
             "scores": scores,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
-        headers=account(request.scope, engine.model_id, result),
+        headers=note_embedding(request.scope, engine.model_id, result),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.access import account
+from app.api.access_log import note_embedding
 from app.api.deps import ModelsDep
 from app.api.disconnect import unless_disconnected
 from app.api.errors import EMBEDDING_ERRORS, error_responses
@@ -71,7 +71,7 @@ async def create_embeddings(
             "model": engine.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
-        headers=account(request.scope, engine.model_id, result),
+        headers=note_embedding(request.scope, engine.model_id, result),
     )
 
 

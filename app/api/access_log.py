@@ -7,7 +7,7 @@ from starlette.types import Scope
 from app.engine.encoder import Embedded
 
 
-def account(scope: Scope, model: str, embedded: Embedded) -> dict[str, str]:
+def note_embedding(scope: Scope, model: str, embedded: Embedded) -> dict[str, str]:
     """Note the request's model, inputs, tokens, queue and inference time for the access log
     (in the request's state, where ``RequestContextMiddleware`` reads it); return the
     ``x-queue-time`` and ``x-inference-time`` headers (ms). The middleware adds ``x-total-time``."""
