@@ -8,10 +8,11 @@ hot path.
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -87,7 +88,13 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.match(value):
             return bytes(value)
-    return uuid.uuid4().hex.encode()
+    return b"%s%012x" % (_ID_PREFIX, next(_ID_COUNTER))
+
+
+# Made ids: 20 random hex digits per process, then a counter. As unique as a UUID across replicas
+# and restarts, without a getrandom() call per request as uuid4 makes.
+_ID_PREFIX = os.urandom(10).hex().encode()
+_ID_COUNTER = itertools.count()
 
 
 OPEN_PATHS = frozenset({"/health", "/health/live", "/metrics"})
