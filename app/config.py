@@ -52,7 +52,12 @@ class Settings(BaseSettings):
     api_keys: SecretList = Field(default=[], description="Bearer keys; empty means no auth")
     cors_origins: CommaList = Field(default=[], description="browser origins allowed; * for any")
     device: Device = "cpu"
-    intra_op_threads: int = Field(default=0, ge=0, description="0 means one per core")
+    inference_workers: int = Field(
+        default=0, ge=0, description="forward passes run at once; 0: one per core (one on CUDA)"
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="onnxruntime threads in one pass; 0: cores / workers"
+    )
     inter_op_threads: int = Field(default=1, ge=0)
     max_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)

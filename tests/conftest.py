@@ -27,7 +27,10 @@ STSB = Path(os.environ.get("EMBED_TEST_STSB", ROOT.parent / "shared" / "data" / 
 def settings() -> Settings:
     if not (MODEL_DIR / "config.json").is_file():
         pytest.fail(f"no bundle at {MODEL_DIR}: run the tests with `make test`, which builds it")
-    return Settings(model_dir=MODEL_DIR)
+    # One inference worker, so that a test can make "the model busy" by holding one pass.
+    # Several workers are tested in tests/unit/test_batcher.py, and the e2e servers run the
+    # defaults (one worker per core).
+    return Settings(model_dir=MODEL_DIR, inference_workers=1)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,20 @@
 """The queue and the micro-batching loop: rows from many requests share forward passes.
 
-One worker thread owns the model. Requests put their tokenized rows on a bounded queue and get
-a future. The worker wakes as soon as anything is queued (no fixed sleep: a lone request runs at
-once), takes a round of rows in arrival order (about four passes' worth, so a huge request cannot
-starve the ones behind it), sorts the round by length and runs it in token-budgeted passes
-(``plan_batches``). Each row's vector goes back into its request's own array, so every caller
-gets its inputs' vectors in its own order. While a round runs, new arrivals queue up and form the
-next round, which is how batches grow under load.
+Worker threads run the model's forward passes, by default one per core, each pass on one core
+(see ``app.engine.engine.thread_plan`` for why). Requests put their tokenized rows on a bounded
+queue and get a future. A free worker wakes as soon as anything is queued (no fixed sleep: a
+lone request runs at once) and moves rows, in arrival order, into a window of at most two full
+passes' worth that all workers share. Before every pass it plans the whole window afresh
+(``plan_batches``: sorted by length, cut where padding would cost most) and runs the one pass
+that holds the window's oldest row. Rows that were left out wait for partners of their own
+length among the next arrivals; the oldest row always goes next, so a row waits at most one
+pass for each older row in the window. Against planning a fixed round of rows and running all
+its passes, this gave passes of 21 rows instead of 15 with 64 clients, and 2-4% more throughput
+in a simulation driven by measured pass costs.
 
-Requests whose future was cancelled (deadline passed, client gone) are dropped before inference.
+Each row's vector goes back into its request's own array, so every caller gets its inputs'
+vectors in its own order. Requests whose future is done (deadline passed, client gone) are
+dropped before inference.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from app.errors import Overloaded, ShuttingDown
 from app.metrics import BATCH_SIZE, BATCH_TOKENS, INFERENCE_DURATION, QUEUE_DEPTH, QUEUE_WAIT
 
 log = logging.getLogger(__name__)
-ROUND_PASSES = 4  # a round holds about this many full passes
+WINDOW_PASSES = 2  # the planning window holds about this many full passes
 
 
 @dataclass(eq=False)
@@ -45,9 +51,10 @@ class Job:
     loop: asyncio.AbstractEventLoop
     vectors: Floats
     enqueued: float = field(default_factory=time.perf_counter)
-    queue_s: float = 0.0
+    queue_s: float = 0.0  # from arrival to the first pass that holds one of its rows
     inference_s: float = 0.0
-    taken: int = 0  # rows handed to rounds so far
+    started: bool = False  # a pass has held one of its rows
+    taken: int = 0  # rows moved into the planning window so far
     done: int = 0  # rows with a vector
     failed: bool = False
 
@@ -93,12 +100,14 @@ class Batcher:
         max_batch_rows: int,
         max_queue_tokens: int,
         max_wait_s: float = 0.0,
-        cores: threading.Lock | None = None,
+        workers: int = 1,
+        cores: threading.Semaphore | None = None,
     ) -> None:
         self.encoder = encoder
-        # Held for each forward pass. Models served together share one lock, so their passes
-        # take turns on all the cores instead of running at once and oversubscribing them.
-        self._cores = cores or threading.Lock()
+        # One permit held for each forward pass. Models served together share one semaphore
+        # with a permit per worker, so their passes take turns on the cores instead of running
+        # at once and oversubscribing them.
+        self._cores = cores or threading.Semaphore(workers)
         self.model_id = encoder.bundle.id
         # This model's metric series, looked up once rather than on every request and pass.
         self._queue_depth = QUEUE_DEPTH.labels(self.model_id)
@@ -112,13 +121,18 @@ class Batcher:
         self.max_queue_tokens = max_queue_tokens
         self.max_wait_s = max_wait_s
         self._jobs: deque[Job] = deque()
+        self._window: list[tuple[Job, int]] = []  # rows taken from the queue, arrival order
         self._queued_tokens = 0
         self._queued_rows = 0
         self._throughput = 0.0  # tokens/s of recent passes, for Retry-After
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
-        self._thread.start()
+        self._workers = [
+            threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._workers:
+            thread.start()
 
     def submit(self, encodings: Sequence[Tokenized], normalize: bool) -> asyncio.Future[Embedded]:
         """Queue one request's rows; ``Overloaded`` at once when the queue is full."""
@@ -147,11 +161,12 @@ class Batcher:
         return job.future
 
     def stop(self) -> None:
-        """Finish what is queued, then end the worker thread."""
+        """Finish what is queued, then end the worker threads."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.notify_all()
+        for thread in self._workers:
+            thread.join()
 
     def _overloaded(self, tokens: int) -> Overloaded:
         rate = self._throughput or 1000.0
@@ -166,34 +181,34 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._jobs and not self._stopping:
+                while not self._jobs and not self._window and not self._stopping:
                     self._cond.wait()
-                if not self._jobs:
+                if not self._jobs and not self._window:
                     return
-                if self.max_wait_s:  # an optional short wait for company: a full pass, or time up
+                if self.max_wait_s and not self._window:  # an optional short wait for company
                     self._cond.wait_for(self._full_or_stopping, self.max_wait_s)
-                work = self._take_round()
-            self._run_round(work)
+                self._fill()
+                rows = self._next_pass()
+            if rows:
+                self._run_pass(rows)
 
     def _full_or_stopping(self) -> bool:
         return self._queued_tokens >= self.max_batch_tokens or self._stopping
 
-    def _take_round(self) -> list[tuple[Job, int]]:
-        """Rows in arrival order, about ``ROUND_PASSES`` passes' worth; the lock is held."""
-        budget = self.max_batch_tokens * ROUND_PASSES
-        work: list[tuple[Job, int]] = []
-        tokens = 0
-        now = time.perf_counter()
-        while self._jobs and tokens < budget:
+    def _fill(self) -> None:
+        """Move queued rows, in arrival order, into the window until it holds about
+        ``WINDOW_PASSES`` full passes (rows and tokens); the lock is held."""
+        window = self._window = [item for item in self._window if not item[0].abandoned()]
+        max_rows = self.max_batch_rows * WINDOW_PASSES
+        max_tokens = self.max_batch_tokens * WINDOW_PASSES
+        tokens = sum(job.lengths[row] for job, row in window)
+        while self._jobs and len(window) < max_rows and tokens < max_tokens:
             job = self._jobs[0]
             lengths = job.lengths
-            if job.taken == 0:
-                job.queue_s = now - job.enqueued
-                self._queue_wait.observe(job.queue_s)
             abandoned = job.abandoned()
-            while job.taken < len(lengths) and tokens < budget:
+            while job.taken < len(lengths) and len(window) < max_rows and tokens < max_tokens:
                 if not abandoned:
-                    work.append((job, job.taken))
+                    window.append((job, job.taken))
                     tokens += lengths[job.taken]
                 self._queued_tokens -= lengths[job.taken]
                 self._queued_rows -= 1
@@ -201,18 +216,28 @@ class Batcher:
             if job.taken == len(lengths):
                 self._jobs.popleft()
         self._queue_depth.set(self._queued_rows)
-        return work
 
-    def _run_round(self, work: list[tuple[Job, int]]) -> None:
-        lengths = [job.lengths[row] for job, row in work]
+    def _next_pass(self) -> list[tuple[Job, int]]:
+        """Plan the whole window and take out the pass that holds its oldest row (none if the
+        window is empty); the lock is held. Planning 64 rows takes about 0.3 ms."""
+        window = self._window
+        if not window:
+            return []
+        lengths = [job.lengths[row] for job, row in window]
         plan = plan_batches(lengths, max_tokens=self.max_batch_tokens, max_rows=self.max_batch_rows)
-        for indices in plan:
-            rows = [work[i] for i in indices if not work[i][0].abandoned()]
-            if rows:
-                self._run_pass(rows)
+        chosen = next(indices for indices in plan if 0 in indices)
+        taken = set(chosen)
+        self._window = [item for index, item in enumerate(window) if index not in taken]
+        return [window[index] for index in chosen]
 
     def _run_pass(self, rows: list[tuple[Job, int]]) -> None:
         encodings = [job.encodings[row] for job, row in rows]
+        now = time.perf_counter()
+        for job, _ in rows:
+            if not job.started:
+                job.started = True
+                job.queue_s = now - job.enqueued
+                self._queue_wait.observe(job.queue_s)
         try:
             with self._cores:
                 started = time.perf_counter()
@@ -223,7 +248,9 @@ class Batcher:
             return
         real = sum(len(e.ids) for e in encodings)
         padded = len(encodings) * max(len(e.ids) for e in encodings)
-        self._throughput = 0.8 * self._throughput + 0.2 * (real / max(elapsed, 1e-6))
+        # tokens/s of the whole batcher, for Retry-After: every worker runs passes like this one
+        rate = len(self._workers) * real / max(elapsed, 1e-6)
+        self._throughput = 0.8 * self._throughput + 0.2 * rate
         self._pass_seconds.observe(elapsed)
         self._pass_rows.observe(len(rows))
         self._pass_real_tokens.observe(real)

@@ -1,9 +1,10 @@
 """The models one server serves: which bundles, which one answers by default, and the one
 budget of cores they share.
 
-Every model has its own onnxruntime session and queue. Their forward passes take turns under one
-lock, each pass using every core, so two busy models never run passes at once: two sessions each
-sized to all the cores would otherwise put twice as many threads as cores on the machine.
+Every model has its own onnxruntime session, queue and workers. Their forward passes take turns
+under one semaphore with a permit per worker (by default one per core), so two busy models never
+run more passes at once than one would: each model sized to all the cores would otherwise put
+twice as many threads as cores on the machine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.engine.bundle import EXPORT_HINT, MANIFEST
-from app.engine.engine import EmbeddingEngine
+from app.engine.engine import EmbeddingEngine, thread_plan
 from app.errors import ModelNotFound, StartupError
 
 
@@ -64,8 +65,9 @@ class ModelRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
-        """Load every bundle the settings name, sharing one lock on the cores."""
-        cores = threading.Lock()
+        """Load every bundle the settings name, sharing one semaphore on the cores."""
+        workers, _ = thread_plan(settings)
+        cores = threading.Semaphore(workers)
         engines: list[EmbeddingEngine] = []
         try:
             for path in bundle_paths(settings):

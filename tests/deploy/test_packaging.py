@@ -102,7 +102,8 @@ def test_the_deployment_probes_resources_and_threads() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     env = {item["name"]: item.get("value") for item in container["env"]}
     limits = container["resources"]["limits"]
-    assert env["EMBED_INTRA_OP_THREADS"] == limits["cpu"]  # one onnxruntime thread per core
+    assert env["EMBED_INFERENCE_WORKERS"] == limits["cpu"]  # one pass per core
+    assert "EMBED_INTRA_OP_THREADS" not in env  # so each pass gets cores / workers = 1 thread
     assert container["resources"]["requests"]["cpu"] == limits["cpu"]  # whole cores, no sharing
     memory_mib = int(limits["memory"].removesuffix("Mi"))
     assert memory_mib >= 264 * 1.5  # where RSS levels off in a long soak, with room

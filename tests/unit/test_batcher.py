@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -55,6 +56,79 @@ def test_batched_results_equal_unbatched_and_keep_each_callers_order(
         assert result.vectors.shape == alone.shape
         assert np.allclose(result.vectors, alone, atol=1e-5)
         assert result.token_counts == [len(e.ids) for e in engine.encoder.tokenize(texts)]
+
+
+def test_several_workers_give_the_same_vectors_in_each_callers_order(fresh: Any) -> None:
+    workers = fresh(workers=2)
+    requests = [[TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 5)] for i in range(60)]
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(workers.embed(r) for r in requests))
+
+    for texts, result in zip(requests, asyncio.run(run()), strict=True):
+        alone = np.vstack([workers.encoder.encode([t]).vectors for t in texts])
+        assert np.allclose(result.vectors, alone, atol=1e-5)
+
+
+def test_workers_run_passes_at_once_but_never_more_than_their_number(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy, most, rows = 0, 0, 0
+    lock = threading.Lock()
+    forward = fresh(workers=1).encoder.forward
+
+    def counting(encodings: Sequence[Encoding]) -> Any:
+        nonlocal busy, most, rows
+        with lock:
+            busy += 1
+            most = max(most, busy)
+            rows += len(encodings)
+        time.sleep(0.02)
+        with lock:
+            busy -= 1
+        return forward(encodings)
+
+    for workers in (2, 3):
+        busy, most, rows = 0, 0, 0
+        engine = fresh(workers=workers, max_batch_rows=2)
+        monkeypatch.setattr(engine.encoder, "forward", counting)
+
+        async def run(engine: EmbeddingEngine = engine) -> None:
+            await asyncio.gather(*(engine.embed([t]) for t in TEXTS * 6))
+
+        asyncio.run(run())
+        assert most == workers and rows == len(TEXTS) * 6  # every row once, no more at once
+
+
+def test_the_oldest_queued_row_goes_in_the_next_pass(
+    fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner would put the ten short rows together and the long one alone; the long one
+    came first, so its pass runs first, and nothing waits behind newer rows for ever."""
+    engine = fresh(workers=1)
+    held = HeldForward(engine.encoder.forward)
+    passes: list[list[str]] = []
+
+    def recording(encodings: Sequence[Encoding]) -> Any:
+        passes.append([e.tokens[1] for e in encodings])
+        return held(encodings)
+
+    monkeypatch.setattr(engine.encoder, "forward", recording)
+    long = "long " + "and winding sentence " * 20
+
+    async def run() -> None:
+        first = asyncio.ensure_future(engine.embed(["first"]))
+        await held.wait_until_busy()
+        queued = [asyncio.ensure_future(engine.embed([long]))]
+        queued += [asyncio.ensure_future(engine.embed([f"short {i}"])) for i in range(10)]
+        await asyncio.sleep(0.05)  # all of them queued behind the held pass
+        held.release.set()
+        await asyncio.gather(first, *queued)
+
+    asyncio.run(run())
+    assert passes[0] == ["first"]
+    assert passes[1] == ["long"]  # the oldest row, alone: the shorts do not pad to its length
+    assert sorted(row for later in passes[2:] for row in later) == ["short"] * 10
 
 
 def test_concurrent_requests_share_forward_passes(

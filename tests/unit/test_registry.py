@@ -57,7 +57,7 @@ def test_a_missing_bundle_among_several_stops_the_start(settings: Settings) -> N
 
 
 def overlapping_passes(
-    engine: EmbeddingEngine, cores: list[threading.Lock], monkeypatch: Any
+    engine: EmbeddingEngine, cores: list[threading.Semaphore], monkeypatch: Any
 ) -> int:
     """Run two engines on the session's encoder, busy at once; count passes that overlapped."""
     spans: list[tuple[float, float]] = []
@@ -88,7 +88,8 @@ def overlapping_passes(
 def test_models_served_together_take_turns_on_the_cores(
     engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shared = threading.Lock()
+    shared = threading.Semaphore(1)
     assert overlapping_passes(engine, [shared, shared], monkeypatch) == 0
-    # The control: with a lock each, the two models' passes do run at once.
-    assert overlapping_passes(engine, [threading.Lock(), threading.Lock()], monkeypatch) > 0
+    # The control: with a semaphore each, the two models' passes do run at once.
+    apart = [threading.Semaphore(1), threading.Semaphore(1)]
+    assert overlapping_passes(engine, apart, monkeypatch) > 0
