@@ -2,8 +2,8 @@
 
 It knows nothing of HTTP. Bad input is refused here with a ``ServiceError`` before it can reach
 the model. Small requests are tokenized in place (a few microseconds; a thread hop would cost
-more), large ones in a tokenizer thread; inference runs on the batcher's thread, so the event loop
-keeps accepting connections and answering ``/health`` while a batch runs.
+more), large ones in a tokenizer thread; inference runs on the batcher's worker threads, so the
+event loop keeps accepting connections and answering ``/health`` while passes run.
 """
 
 from __future__ import annotations

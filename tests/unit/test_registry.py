@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.engine.engine import EmbeddingEngine, available_cores, thread_plan
 from app.engine.registry import ModelRegistry, bundle_paths
 from app.errors import ModelNotFound, StartupError
 from tests.unit.test_batcher import LIMITS
@@ -93,3 +94,11 @@ def test_models_served_together_take_turns_on_the_cores(
     # The control: with a semaphore each, the two models' passes do run at once.
     apart = [threading.Semaphore(1), threading.Semaphore(1)]
     assert overlapping_passes(engine, apart, monkeypatch) > 0
+
+
+def test_the_thread_plan_fills_the_cores_without_oversubscribing_them() -> None:
+    cores = available_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert thread_plan(Settings()) == (cores, 1)  # one pass per core, one thread each
+    assert thread_plan(Settings(inference_workers=1)) == (1, cores)  # one pass on every core
+    assert thread_plan(Settings(inference_workers=1, intra_op_threads=3)) == (1, 3)  # as told
