@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.engine.batches import plan_batches
+from app.engine.batches import PASS_OVERHEAD_TOKENS, plan_batches
 from app.engine.encoder import Embedded, Encoder, Tokenized
 from app.engine.pooling import Floats, l2_normalize
 from app.errors import Overloaded, ShuttingDown
@@ -101,6 +101,7 @@ class Batcher:
         max_queue_tokens: int,
         max_wait_s: float = 0.0,
         workers: int = 1,
+        pass_overhead_tokens: int = PASS_OVERHEAD_TOKENS,
         cores: threading.Semaphore | None = None,
     ) -> None:
         self.encoder = encoder
@@ -120,6 +121,7 @@ class Batcher:
         self.max_batch_rows = max_batch_rows
         self.max_queue_tokens = max_queue_tokens
         self.max_wait_s = max_wait_s
+        self.pass_overhead_tokens = pass_overhead_tokens
         self._jobs: deque[Job] = deque()
         self._window: list[tuple[Job, int]] = []  # rows taken from the queue, arrival order
         self._queued_tokens = 0
@@ -224,7 +226,12 @@ class Batcher:
         if not window:
             return []
         lengths = [job.lengths[row] for job, row in window]
-        plan = plan_batches(lengths, max_tokens=self.max_batch_tokens, max_rows=self.max_batch_rows)
+        plan = plan_batches(
+            lengths,
+            max_tokens=self.max_batch_tokens,
+            max_rows=self.max_batch_rows,
+            overhead=self.pass_overhead_tokens,
+        )
         chosen = next(indices for indices in plan if 0 in indices)
         taken = set(chosen)
         self._window = [item for index, item in enumerate(window) if index not in taken]

@@ -17,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import onnxruntime as ort
 from tokenizers import Encoding
 
 from app.config import Settings
 from app.engine.batcher import Batcher
+from app.engine.batches import CPU_OVERHEAD_TOKENS_PER_THREAD, PASS_OVERHEAD_TOKENS
 from app.engine.bundle import load_bundle
 from app.engine.encoder import CUDA, Embedded, Encoder, TokenIds, Tokenized
 from app.engine.pooling import Floats, cosine
@@ -51,6 +53,7 @@ class Batching:
     max_wait_s: float = 0.0
     request_timeout_s: float = 30.0
     workers: int = 1  # forward passes run at once
+    pass_overhead_tokens: int = PASS_OVERHEAD_TOKENS  # a pass's fixed cost, for the planner
 
 
 def available_cores() -> int:
@@ -66,8 +69,15 @@ def available_cores() -> int:
     return count
 
 
-def thread_plan(settings: Settings) -> tuple[int, int]:
-    """How many forward passes run at once (workers), and onnxruntime threads inside each.
+class ThreadPlan(NamedTuple):
+    workers: int  # forward passes run at once
+    intra_op_threads: int  # onnxruntime threads inside each pass
+    pass_overhead_tokens: int  # a pass's fixed cost in tokens, which the batch planner weighs
+
+
+def thread_plan(settings: Settings) -> ThreadPlan:
+    """How many forward passes run at once, on how many onnxruntime threads each, and what a
+    pass costs beyond its tokens.
 
     On the CPU the default is one worker per core, each pass on one thread. Two onnxruntime
     threads in one pass work in lockstep: whenever the event loop takes a core, the other
@@ -81,7 +91,8 @@ def thread_plan(settings: Settings) -> tuple[int, int]:
     on_gpu = settings.device != "cpu" and CUDA in ort.get_available_providers()
     workers = settings.inference_workers or (1 if on_gpu else cores)
     intra = settings.intra_op_threads or max(1, cores // workers)
-    return workers, intra
+    overhead = PASS_OVERHEAD_TOKENS if on_gpu else CPU_OVERHEAD_TOKENS_PER_THREAD * intra
+    return ThreadPlan(workers, intra, overhead)
 
 
 def check_count(count: int, limits: Limits) -> None:
@@ -136,6 +147,7 @@ class EmbeddingEngine:
             max_queue_tokens=self.batching.max_queue_tokens,
             max_wait_s=self.batching.max_wait_s,
             workers=self.batching.workers,
+            pass_overhead_tokens=self.batching.pass_overhead_tokens,
             cores=cores,
         )
 
@@ -150,11 +162,11 @@ class EmbeddingEngine:
         """Load the bundle in ``path`` (``EMBED_MODEL_DIR`` if none) with the settings' limits;
         ``StartupError`` says what is wrong. Engines given one ``cores`` semaphore take turns."""
         bundle = load_bundle(path or settings.model_dir)
-        workers, intra_op_threads = thread_plan(settings)
+        plan = thread_plan(settings)
         encoder = Encoder.load(
             bundle,
             device=settings.device,
-            intra_op_threads=intra_op_threads,
+            intra_op_threads=plan.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
         limits = Limits(max_inputs=settings.max_inputs, max_input_chars=settings.max_input_chars)
@@ -164,7 +176,8 @@ class EmbeddingEngine:
             max_queue_tokens=settings.max_queue_tokens,
             max_wait_s=settings.max_wait_ms / 1000,
             request_timeout_s=settings.request_timeout_s,
-            workers=workers,
+            workers=plan.workers,
+            pass_overhead_tokens=plan.pass_overhead_tokens,
         )
         return cls(encoder, limits, batching, cores=cores)
 

@@ -66,8 +66,7 @@ class ModelRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
         """Load every bundle the settings name, sharing one semaphore on the cores."""
-        workers, _ = thread_plan(settings)
-        cores = threading.Semaphore(workers)
+        cores = threading.Semaphore(thread_plan(settings).workers)
         engines: list[EmbeddingEngine] = []
         try:
             for path in bundle_paths(settings):

@@ -99,6 +99,15 @@ def test_models_served_together_take_turns_on_the_cores(
 def test_the_thread_plan_fills_the_cores_without_oversubscribing_them() -> None:
     cores = available_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
-    assert thread_plan(Settings()) == (cores, 1)  # one pass per core, one thread each
-    assert thread_plan(Settings(inference_workers=1)) == (1, cores)  # one pass on every core
-    assert thread_plan(Settings(inference_workers=1, intra_op_threads=3)) == (1, 3)  # as told
+    assert thread_plan(Settings())[:2] == (cores, 1)  # one pass per core, one thread each
+    assert thread_plan(Settings(inference_workers=1))[:2] == (1, cores)  # one pass on every core
+    told = thread_plan(Settings(inference_workers=1, intra_op_threads=3))
+    assert told[:2] == (1, 3)
+
+
+def test_a_pass_costs_more_fixed_time_the_more_threads_run_it() -> None:
+    # The planner weighs a pass's fixed cost against padding: a one-thread pass costs little
+    # beyond its tokens, so it gets small passes of rows of one length.
+    one = thread_plan(Settings(inference_workers=1, intra_op_threads=1)).pass_overhead_tokens
+    two = thread_plan(Settings(inference_workers=1, intra_op_threads=2)).pass_overhead_tokens
+    assert 0 < one < two
