@@ -25,7 +25,7 @@ COPY requirements/export.txt requirements/export.txt
 RUN pip install --no-deps -r requirements/export.txt
 COPY app app
 COPY scripts scripts
-RUN python scripts/export_onnx.py --optimize --output-dir /src/models
+RUN python scripts/export_onnx.py --output-dir /src/models
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base-cpu

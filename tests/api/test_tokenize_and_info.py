@@ -48,7 +48,7 @@ def test_info_describes_models_and_limits(client: TestClient) -> None:
             "max_seq_length": 256,
             "pooling": "mean",
             "normalize": True,
-            "variant": "fp32-optimized",
+            "variant": "fp32",
             "provider": "CPUExecutionProvider",
             "default": True,
         }
