@@ -69,6 +69,17 @@ async def test_the_writes_of_one_turn_go_out_as_one_write_in_order() -> None:
 
 
 @on_a_loop
+async def test_a_flush_sends_at_once_and_only_once() -> None:
+    transport, real = coalescing()
+    transport.write(b"head ")
+    transport.write(b"body")
+    transport.flush()  # the protocol's, when a response is complete
+    assert real.writes == [b"head body"]
+    await asyncio.sleep(0)
+    assert real.writes == [b"head body"]
+
+
+@on_a_loop
 async def test_closing_sends_what_is_held_first_and_aborting_drops_it() -> None:
     transport, real = coalescing()
     transport.write(b"last words")
