@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_batch_tokens: int = Field(default=8192, ge=256, description="padded tokens per pass")
     max_batch_rows: int = Field(default=64, ge=1)
+    pass_overhead_tokens: int = Field(
+        default=0, ge=0, description="a pass's fixed cost in tokens; 0: 8 per thread (32 on CUDA)"
+    )
     max_queue_tokens: int = Field(default=65536, ge=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     request_timeout_s: float = Field(default=30.0, gt=0)

@@ -91,7 +91,8 @@ def thread_plan(settings: Settings) -> ThreadPlan:
     on_gpu = settings.device != "cpu" and CUDA in ort.get_available_providers()
     workers = settings.inference_workers or (1 if on_gpu else cores)
     intra = settings.intra_op_threads or max(1, cores // workers)
-    overhead = PASS_OVERHEAD_TOKENS if on_gpu else CPU_OVERHEAD_TOKENS_PER_THREAD * intra
+    measured = PASS_OVERHEAD_TOKENS if on_gpu else CPU_OVERHEAD_TOKENS_PER_THREAD * intra
+    overhead = settings.pass_overhead_tokens or measured
     return ThreadPlan(workers, intra, overhead)
 
 

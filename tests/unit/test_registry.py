@@ -111,3 +111,4 @@ def test_a_pass_costs_more_fixed_time_the_more_threads_run_it() -> None:
     one = thread_plan(Settings(inference_workers=1, intra_op_threads=1)).pass_overhead_tokens
     two = thread_plan(Settings(inference_workers=1, intra_op_threads=2)).pass_overhead_tokens
     assert 0 < one < two
+    assert thread_plan(Settings(pass_overhead_tokens=20)).pass_overhead_tokens == 20  # as told
