@@ -265,13 +265,14 @@ def ratio_rounds(bundle: str, engine: dict[str, Any], sentence_file: Path) -> li
     child = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert child.stdin and child.stdout
     ratios = []
+    count = len(sentences())
     try:
         with serving(bundle, sentence_file.parent) as (url, _, _):
             wrk(url, sentence_file, 64, 1, 2)  # warm-up
             for _ in range(ROUNDS):
                 child.stdin.write(b"go\n")
                 child.stdin.flush()
-                rate = len(sentences()) / json.loads(child.stdout.readline())["seconds"]
+                rate = count / json.loads(child.stdout.readline())["seconds"]
                 served = wrk(url, sentence_file, 64, 1, ROUND_SECONDS)["sentences_per_s"]
                 ratios.append(served / rate)
     finally:
