@@ -1,5 +1,5 @@
-"""uvicorn, as ``python -m app`` runs it: it drains on SIGTERM, and sends each response in one
-write.
+"""uvicorn, as ``python -m app`` runs it: it drains on SIGTERM, sends each response in one
+write, and tells a request when its client has left.
 
 uvicorn writes a response's status line and headers, then its body, in two ``transport.write``
 calls, and uvloop sends each at once: two ``send`` system calls per response, and on loopback
@@ -9,6 +9,10 @@ the end of the event loop's turn, for a response that is not). Measured with 64 
 model that costs nothing (the HTTP path alone), it served 14% more requests per second (median
 of 8 interleaved runs, 1.07-1.21x), and the event loop's CPU per request fell 15%. On two cores
 that CPU is taken from inference.
+
+The protocol also gives every request a ``ClientWatch`` (``app.api.disconnect``): when a
+connection is lost before its response is complete, it calls back the request waiting on it,
+so that the request's rows leave the queue, with no task per request waiting on ``receive``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.api.disconnect import CLIENT_WATCH, ClientWatch
 
 
 class DrainingServer(uvicorn.Server):
@@ -79,14 +85,28 @@ class CoalescingTransport:
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a ``CoalescingTransport`` that it flushes
-    when a response is complete. Flushing there, rather than at the end of the loop's turn,
-    sends the response before the access log and the rest of the request's bookkeeping run:
-    0.2 ms sooner for a lone request, measured here."""
+    when a response is complete, and offering each request a ``ClientWatch``. Flushing there,
+    rather than at the end of the loop's turn, sends the response before the access log and the
+    rest of the request's bookkeeping run: 0.2 ms sooner for a lone request, measured here."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.coalescing = CoalescingTransport(transport, self.loop)
         coalescing: Any = self.coalescing
         super().connection_made(coalescing)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()  # makes the request's cycle; its task has not run yet
+        scope: Any = self.scope  # uvicorn's type leaves no room for an extension of ours
+        scope.setdefault("extensions", {})[CLIENT_WATCH] = ClientWatch(self.flow.resume_reading)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:  # lost before the response was complete
+            scope: Any = cycle.scope
+            watch = scope.get("extensions", {}).get(CLIENT_WATCH)
+            if isinstance(watch, ClientWatch):
+                watch.connection_lost()
 
     def on_response_complete(self) -> None:
         self.coalescing.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from app.config import Settings
+from tests.api.test_metrics import sample
 from tests.e2e.conftest import Server, start
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +82,45 @@ def test_one_json_access_line_per_request_and_timing_headers(server: Server) -> 
     # Every line the server wrote is JSON.
     for line in server.log.read_text().splitlines():
         json.loads(line)
+
+
+def test_a_client_that_leaves_costs_no_forward_pass(server: Server) -> None:
+    """A client that sends a request while both workers are busy, then closes its connection:
+    the server notices (its protocol's ClientWatch), drops the request's row before any pass
+    takes it, and counts the request as 499. Every token that passes fed the model belongs to
+    the request that stayed."""
+    url = server.url
+    before = httpx.get(f"{url}/metrics").text
+    long_texts = [f"row {i} " + "word " * 240 for i in range(64)]  # two passes of 32 rows
+
+    async def stay() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return await client.post("/embed", json={"inputs": long_texts})
+
+    async def scenario() -> httpx.Response:
+        staying = asyncio.ensure_future(stay())
+        await asyncio.sleep(0.3)  # its passes are running (each takes over a second here)
+        _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        body = b'{"inputs": "a client that does not wait"}'
+        writer.write(
+            b"POST /embed HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        return await staying
+
+    stayed = asyncio.run(scenario())
+    assert stayed.status_code == 200
+    after = httpx.get(f"{url}/metrics").text
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("embed_requests_total", route="/embed", status="499") == 1
+    fed = delta("embed_batch_tokens_sum", model="all-MiniLM-L6-v2", kind="real")
+    assert fed == stayed.json()["usage"]["total_tokens"]
 
 
 def test_sigterm_stops_the_server_cleanly(server: Server) -> None:

@@ -40,7 +40,7 @@ async def embed_response(
     engine = models.get(body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     work = engine.embed(texts, normalize=body.normalize, truncate=body.truncate)
-    result = await unless_disconnected(receive, work)
+    result = await unless_disconnected(scope, receive, work)
     tokens = sum(result.token_counts)
     return FastJSONResponse(
         {
@@ -62,7 +62,7 @@ async def similarity(
     """Cosine similarity of ``source`` with each of ``targets``, in order."""
     engine = models.get(body.model)
     work = engine.similarity(body.source, body.targets, truncate=body.truncate)
-    scores, result = await unless_disconnected(request.receive, work)
+    scores, result = await unless_disconnected(request.scope, request.receive, work)
     tokens = sum(result.token_counts)
     return FastJSONResponse(
         {

@@ -59,7 +59,7 @@ async def create_embeddings(
         work = engine.embed_ids([inputs])
     else:
         work = engine.embed_ids(inputs)
-    result = await unless_disconnected(request.receive, work)
+    result = await unless_disconnected(request.scope, request.receive, work)
     vectors = result.vectors
     if body.dimensions is not None and body.dimensions < engine.dimension:
         vectors = shorten(vectors, body.dimensions)
