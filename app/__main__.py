@@ -18,7 +18,7 @@ from app.engine.registry import ModelRegistry
 from app.errors import StartupError
 from app.logs import configure_logging
 from app.main import create_app
-from app.server import CoalescingHttpToolsProtocol, DrainingServer
+from app.server import DrainingServer, ServerHttpProtocol
 
 log = logging.getLogger("app")
 
@@ -63,7 +63,7 @@ def main() -> int:
         log_level=settings.log_level,
         access_log=False,  # the app writes its own access line, with model, tokens and timings
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
+        http=ServerHttpProtocol,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     DrainingServer(config, app).run()
