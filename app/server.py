@@ -5,10 +5,10 @@ uvicorn writes a response's status line and headers, then its body, in two ``tra
 calls, and uvloop sends each at once: two ``send`` system calls per response, and on loopback
 two wake-ups of the client. ``ServerHttpProtocol``, uvicorn's HTTP protocol as run here, writes
 through a transport that holds writes and sends them together as soon as the response is
-complete (or at the end of the event loop's turn, for a response that is not). Measured with 64 clients on a
-model that costs nothing (the HTTP path alone), it served 14% more requests per second (median
-of 8 interleaved runs, 1.07-1.21x), and the event loop's CPU per request fell 15%. On two cores
-that CPU is taken from inference.
+complete (or at the end of the event loop's turn, for a response that is not). Measured with 64
+clients on a model that costs nothing (the HTTP path alone), it served 14% more requests per
+second (median of 8 interleaved runs, 1.07-1.21x), and the event loop's CPU per request fell
+15%. On two cores that CPU is taken from inference.
 
 The protocol also gives every request a ``ClientWatch`` (``app.api.disconnect``): when a
 connection is lost before its response is complete, it calls back the request waiting on it,
