@@ -40,6 +40,7 @@ import onnx
 import onnx_variants as variants
 import torch
 from onnx_variants import ExportFailed, Variant
+from packed_graph import export_packed, packable
 from sentence_transformers import SentenceTransformer
 
 from app.engine.bundle import (
@@ -50,7 +51,8 @@ from app.engine.bundle import (
     load_bundle,
     sha256_of,
 )
-from app.engine.encoder import KNOWN_INPUTS, Encoder
+from app.engine.encoder import KNOWN_INPUTS, Encoder, TokenIds
+from app.engine.packing import PACKED_INPUTS
 from app.engine.pooling import l2_normalize
 
 log = logging.getLogger("export")
@@ -200,14 +202,31 @@ def tool_versions() -> dict[str, str]:
     return {name: version(name) for name in names}
 
 
-def write_fp32_bundle(source: Source, out_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """Trace the model into a complete fp32 bundle; return its manifest and PyTorch's vectors."""
+def write_fp32_bundle(
+    source: Source, out_dir: Path, *, packed: bool
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Trace the model into a complete fp32 bundle; return its manifest and PyTorch's vectors.
+
+    ``packed``: the unpadded graph (``packed_graph.py``) where the architecture allows it. The
+    derived variants start from the padded graph, the one onnxruntime's optimizer fuses.
+    """
     reference_st, eager_st = load_models(source)
     facts = describe(eager_st)
     input_names = [n for n in KNOWN_INPUTS if n in eager_st.tokenizer.model_input_names]
     out_dir.mkdir()
     model_path = out_dir / MODEL_FILE
-    export_graph(eager_st, model_path, input_names)
+    bert = eager_st[0].auto_model
+    layout = "packed" if packed and packable(bert) else "padded"
+    if layout == "packed":
+        sample = eager_st.tokenizer(["a short sample", "and a slightly longer sample sentence"])
+        export_packed(bert, model_path, [TokenIds(ids) for ids in sample["input_ids"]], OPSET)
+        input_names = list(PACKED_INPUTS)
+    else:
+        if packed:
+            log.warning(
+                "no packed graph for %s models: exporting the padded one", facts["model_type"]
+            )
+        export_graph(eager_st, model_path, input_names)
     add_metadata(model_path, facts)
     tokenizer = eager_st.tokenizer.backend_tokenizer
     tokenizer.no_padding()
@@ -229,6 +248,7 @@ def write_fp32_bundle(source: Source, out_dir: Path) -> tuple[dict[str, Any], np
         **facts,
         "inputs": input_names,
         "output": "last_hidden_state",
+        "layout": layout,
         "variant": "fp32",
         "opset": OPSET,
         "model_sha256": sha256_of(model_path),
@@ -270,11 +290,14 @@ def check_int8(bundle_dir: Path, fp32_dir: Path, stsb: Path) -> dict[str, float]
     }
 
 
-def build(source: Source, work: Path, variant: Variant, stsb: Path | None) -> dict[str, Any]:
+def build(
+    source: Source, work: Path, variant: Variant, stsb: Path | None, *, padded: bool = False
+) -> dict[str, Any]:
     """Export, derive and verify; return the finished bundle's folder and the summary."""
     started = time.perf_counter()
     fp32_dir = work / "fp32"
-    manifest, vectors = write_fp32_bundle(source, fp32_dir)
+    packed = variant == "fp32" and not padded
+    manifest, vectors = write_fp32_bundle(source, fp32_dir, packed=packed)
     fp32_worst = worst_cosine(fp32_dir, vectors)
     if fp32_worst < variants.COSINE_GATES["fp32"]:
         raise ExportFailed(f"fp32 worst cosine to PyTorch {fp32_worst:.6f} < 0.9999")
@@ -296,6 +319,7 @@ def build(source: Source, work: Path, variant: Variant, stsb: Path | None) -> di
     return {
         "dir": out_dir,
         "variant": variant,
+        "layout": manifest["layout"],
         "size_mb": round(model_path.stat().st_size / 1e6, 1),
         "nodes": variants.node_count(model_path),
         "optimization": manifest.get("optimization"),
@@ -364,6 +388,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--fp16", action="store_true", help="float16, for the CUDA provider")
     parser.add_argument(
+        "--padded",
+        action="store_true",
+        help="plain fp32 with the padded graph instead of the packed one (for comparison)",
+    )
+    parser.add_argument(
         "--stsb",
         type=Path,
         default=DEFAULT_STSB,
@@ -372,6 +401,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quantize and args.fp16:
         parser.error("--quantize and --fp16 are separate variants; export them one at a time")
+    if args.padded and (args.quantize or args.fp16 or args.optimize):
+        parser.error("--padded is for plain fp32: the other variants are padded already")
     return args
 
 
@@ -393,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=args.output_dir))
     try:
-        summary = build(source, work, variant, args.stsb)
+        summary = build(source, work, variant, args.stsb, padded=args.padded)
         replace_dir(summary["dir"], args.output_dir / name)
     except ExportFailed as exc:
         print(f"export FAILED ({variant}): {exc}", file=sys.stderr)
@@ -407,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(target: Path, summary: dict[str, Any]) -> None:
     checks = ", ".join(f"{k} {v:.6f}" for k, v in summary["checks"].items())
     print(
-        f"exported {target} ({summary['variant']}): {summary['size_mb']} MB, "
+        f"exported {target} ({summary['variant']}, {summary['layout']}): {summary['size_mb']} MB, "
         f"{summary['nodes']} nodes, {summary['seconds']} s"
     )
     if summary["optimization"]:

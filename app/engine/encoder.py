@@ -16,6 +16,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from app.engine.bundle import Bundle
+from app.engine.packing import PACKED_INPUT, PACKED_INPUTS, pack, pool_packed
 from app.engine.pooling import Floats, l2_normalize, pool
 from app.errors import InputTooLong, StartupError
 
@@ -118,7 +119,10 @@ class Encoder:
         self.session = session
         self.provider: str = session.get_providers()[0]
         self._feed_names = [i.name for i in session.get_inputs()]
-        unknown = set(self._feed_names) - set(KNOWN_INPUTS)
+        # The graph says how it takes a batch: padded (rows x width) or packed (see
+        # app.engine.packing), and the feed is built for the names it declares.
+        self.packed = PACKED_INPUT in self._feed_names
+        unknown = set(self._feed_names) - set(PACKED_INPUTS if self.packed else KNOWN_INPUTS)
         if unknown:
             raise StartupError(
                 f"{bundle.model_path} takes inputs {sorted(unknown)} that a text encoder does "
@@ -172,7 +176,12 @@ class Encoder:
         return int(self._whole.get_vocab_size())
 
     def forward(self, encodings: Sequence[Tokenized]) -> Floats:
-        """Run one padded batch through the model and pool it; rows are not normalised."""
+        """Run one batch through the model and pool it; rows are not normalised."""
+        if self.packed:
+            packed = pack(encodings)
+            feed = {name: packed.feed[name] for name in self._feed_names}
+            hidden = self.session.run(self._output, feed)[0]
+            return pool_packed(self.bundle.pooling, hidden.astype(np.float32, copy=False), packed)
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)
         types = np.zeros_like(ids)

@@ -31,7 +31,16 @@ def test_the_real_bundle_loads(settings: Settings) -> None:
     bundle = load_bundle(settings.model_dir)
     assert (bundle.id, bundle.dimension, bundle.pooling) == ("all-MiniLM-L6-v2", 384, "mean")
     assert bundle.max_seq_length == 256 and bundle.normalize
-    assert bundle.input_names == ("input_ids", "attention_mask", "token_type_ids")
+    # The packed graph (see scripts/packed_graph.py): tokens end to end, rows only in attention.
+    assert bundle.manifest["layout"] == "packed"
+    assert bundle.input_names == (
+        "input_ids",
+        "token_type_ids",
+        "position_ids",
+        "gather_index",
+        "attention_mask",
+        "scatter_index",
+    )
 
 
 def test_the_id_is_the_folder_name(bundle_copy: Path) -> None:

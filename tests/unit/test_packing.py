@@ -1,0 +1,45 @@
+"""The packed graph's feed: every token once, in its row's order, and pooled back per row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.engine.encoder import TokenIds
+from app.engine.packing import pack, pool_packed
+from app.engine.pooling import pool
+
+ROWS = [TokenIds([101, 7, 102]), TokenIds([101, 102]), TokenIds([101, 5, 6, 8, 102])]
+
+
+def test_tokens_go_end_to_end_with_their_positions() -> None:
+    feed = pack(ROWS).feed
+    assert feed["input_ids"].tolist() == [101, 7, 102, 101, 102, 101, 5, 6, 8, 102]
+    assert feed["position_ids"].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
+    assert feed["token_type_ids"].tolist() == [0] * 10
+    assert feed["attention_mask"].tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1],
+    ]
+
+
+def test_gather_and_scatter_are_inverse_on_the_tokens() -> None:
+    packed = pack(ROWS)
+    feed = packed.feed
+    tokens = feed["input_ids"]
+    slots = tokens[feed["gather_index"]]  # (rows, width), as the graph lays out attention
+    mask = feed["attention_mask"].astype(bool)
+    assert slots[mask].tolist() == tokens.tolist()
+    assert slots.reshape(-1)[feed["scatter_index"]].tolist() == tokens.tolist()
+    assert packed.starts.tolist() == [0, 3, 5] and packed.lengths.tolist() == [3, 2, 5]
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls"])
+def test_packed_pooling_equals_padded_pooling(mode: str) -> None:
+    packed = pack(ROWS)
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((10, 4)).astype(np.float32)
+    padded = hidden[packed.feed["gather_index"]]  # padding slots hold other rows' values
+    expected = pool(mode, padded, packed.feed["attention_mask"])  # type: ignore[arg-type]
+    assert np.allclose(pool_packed(mode, hidden, packed), expected, atol=1e-6)  # type: ignore[arg-type]
