@@ -1,12 +1,14 @@
 """The unpadded ("packed") graph of a BERT encoder: dense layers see real tokens only.
 
-In a padded batch every row is as long as the longest, and each dense layer (about 94% of the
-FLOPs here) works on the padding too. The packed graph takes the batch's tokens end to end,
-``T`` of them, and runs embeddings, the Q/K/V projection, the attention output and the
-feed-forward block on ``T x hidden``. Only the attention core, ``softmax(QK^T)V``, needs rows:
-the graph gathers Q, K and V into ``rows x width`` there and scatters the result back, so it
-costs padding in that small part only. This is how text-embeddings-inference batches, with
-``cu_seqlens`` instead of indices.
+In a padded batch every row is as long as the longest, and each dense layer works on the
+padding too. The dense layers are 3.5 MFLOP per token and layer here, the attention core
+4 x length x 384 FLOP: over 99% of the work is dense at STS-B's 14 tokens, about 90% at 256.
+The packed graph takes the batch's tokens end to end, ``T`` of them, and runs embeddings, the
+Q/K/V projection, the attention output and the feed-forward block on ``T x hidden``. Only the
+attention core, ``softmax(QK^T)V``, needs rows: the graph gathers Q, K and V into
+``rows x width`` there and scatters the result back, so it costs padding in that small part
+only. text-embeddings-inference does the same on GPUs, where flash attention takes the rows'
+boundaries (``cu_seqlens``) instead of indices.
 
 Inputs (the engine builds them from the rows, ``app.engine.packing``)::
 
