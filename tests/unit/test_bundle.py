@@ -11,6 +11,7 @@ import pytest
 from app.config import Settings
 from app.engine.bundle import load_bundle
 from app.engine.encoder import Encoder
+from app.engine.packing import PACKED_INPUTS
 from app.errors import StartupError
 
 
@@ -33,14 +34,7 @@ def test_the_real_bundle_loads(settings: Settings) -> None:
     assert bundle.max_seq_length == 256 and bundle.normalize
     # The packed graph (see scripts/packed_graph.py): tokens end to end, rows only in attention.
     assert bundle.manifest["layout"] == "packed"
-    assert bundle.input_names == (
-        "input_ids",
-        "token_type_ids",
-        "position_ids",
-        "gather_index",
-        "attention_mask",
-        "scatter_index",
-    )
+    assert bundle.input_names == PACKED_INPUTS
 
 
 def test_the_id_is_the_folder_name(bundle_copy: Path) -> None:
