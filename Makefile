@@ -13,7 +13,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 export HF_HUB_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test soak models variants bench lock clean
+.PHONY: run test unit soak models variants bench golden lock clean
 
 run: $(VENV)/.runtime $(MODEL)/config.json  ## serve the default model on EMBED_HOST:EMBED_PORT
 	$(VENV)/bin/python -m app
@@ -22,6 +22,9 @@ test: $(VENV)/.test $(MODEL)/config.json $(MODEL)-int8/config.json  ## lint, typ
 	$(VENV)/bin/ruff check app scripts tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+unit: $(VENV)/.test  ## the fast tests: no model bundle, no export environment, seconds
+	$(VENV)/bin/python -m pytest tests/unit
 
 soak: $(VENV)/.test $(MODEL)/config.json  ## 20,000 mixed requests: memory, file descriptors, latency drift
 	$(VENV)/bin/python -m pytest -m soak -s tests/e2e/test_soak.py
@@ -51,8 +54,8 @@ $(EXPORT_VENV)/.installed: requirements/export.txt
 
 # Built on first use only: an existing bundle is kept (delete it, or run the script, to rebuild).
 # The default bundle is the plain fp32 model as a packed (unpadded) graph: identical output to
-# the padded and optimised graphs (STS-B 0.8205, cosine 1.0 to PyTorch) and the fastest for the
-# server, whose passes mix lengths (see README).
+# the padded and optimised graphs and the fastest for the server, whose passes mix lengths
+# (docs/packed-graph.md).
 $(MODEL)/config.json:
 	$(MAKE) $(EXPORT_VENV)/.installed
 	$(EXPORT_VENV)/bin/python scripts/export_onnx.py
@@ -68,6 +71,10 @@ $(MODEL)-opt/config.json:
 $(MODEL)-padded/config.json:
 	$(MAKE) $(EXPORT_VENV)/.installed
 	$(EXPORT_VENV)/bin/python scripts/export_onnx.py --padded --name all-MiniLM-L6-v2-padded
+
+golden: ## re-compute the golden vectors in tests/model/golden with sentence-transformers
+	$(MAKE) $(EXPORT_VENV)/.installed
+	$(EXPORT_VENV)/bin/python scripts/golden_vectors.py
 
 lock:  ## re-pin requirements/*.txt from pyproject.toml in throwaway environments
 	./scripts/lock.sh

@@ -14,11 +14,11 @@ import sys
 import uvicorn
 
 from app.config import Settings
-from app.engine.registry import ModelRegistry
 from app.errors import StartupError
+from app.loading import load_models
 from app.logs import configure_logging
 from app.main import create_app
-from app.server import DrainingServer, ServerHttpProtocol
+from app.transport.server import DrainingServer, ServerHttpProtocol
 
 log = logging.getLogger("app")
 
@@ -27,25 +27,20 @@ def main() -> int:
     settings = Settings()
     log_config = configure_logging(settings.log_level, settings.log_format)
     try:
-        models = ModelRegistry.from_settings(settings)
+        models = load_models(settings)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     models.warm_up()
     # What is alive now (the model, the app) lives as long as the process: keep it out of the
-    # cyclic collector's scans, and collect less often. Worth about 10% under load here.
+    # cyclic collector's scans, and collect less often (docs/design.md).
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 50)
     for engine in models:
         default = " (default)" if engine.model_id == models.default_id else ""
-        log.info(
-            "model %s%s: %s on %s",
-            engine.model_id,
-            default,
-            engine.encoder.bundle.variant,
-            engine.encoder.provider,
-        )
+        info = engine.info
+        log.info("model %s%s: %s %s on %s", info.id, default, info.kind, info.variant, info.runtime)
     auth = "API keys required" if settings.api_keys else "no API keys"
     log.info("serving on http://%s:%d (%s)", settings.host, settings.port, auth)
     # On SIGTERM uvicorn stops accepting connections, lets the requests in flight finish (for up

@@ -1,6 +1,8 @@
 """Every knob of the service, read once from the environment (prefix ``EMBED_``).
 
 Settings are built once at start-up and passed down; tests build their own ``Settings(...)``.
+This module imports nothing from the core, the backends or the API: each layer reads what it
+needs from ``Settings``.
 List values are comma-separated in the environment (``EMBED_X=a,b``), never JSON.
 """
 
@@ -11,8 +13,6 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from app.engine.encoder import Device
 
 
 def _split_commas(value: object) -> object:
@@ -29,6 +29,9 @@ SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_commas)
 """Comma-separated secrets: kept out of ``repr`` and logs."""
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+Device = Literal["cpu", "cuda", "auto"]
+"""Where passes run: the CPU, the GPU (or fail), or the GPU when there is one."""
 
 
 class Settings(BaseSettings):

@@ -41,9 +41,8 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     With one access-log line per request, a write and a flush per line cost the event loop a
     system call each, on the cores inference needs, and each one lets a worker thread take the
-    GIL. Profiled at 64 clients on a model that costs nothing, logging went from 15% of the event
-    loop's time to 7%. A line waits for the end of its turn, never longer; lines still held when
-    the process ends are written by ``logging.shutdown``, which flushes every handler.
+    GIL (docs/design.md). A line waits for the end of its turn, never longer; lines still held
+    when the process ends are written by ``logging.shutdown``, which flushes every handler.
     """
 
     def __init__(self, stream: Any = None) -> None:

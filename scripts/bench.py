@@ -115,16 +115,18 @@ def case_engine(
     threads: 1 is one pass at a time on every core, and cores is one pass per core on one thread
     each, the server's default.
     """
-    encoder = _warm_encoder(bundle, texts, workers)
+    from app.core.vectors import encode_now
+
+    model = _warm_model(bundle, texts, workers)
     single = []
     # Every 10th sentence: the whole set's mix of lengths (14.2 tokens on average), as wrk sends
     # it. The first 200, used before, are short captions (9.8 tokens), against which the idle
     # server's overhead came out about 2 ms higher (+3.2 and +3.45 ms, against +1.4 since).
     for text in texts[::10]:
         t = time.perf_counter()
-        encoder.encode([text])
+        encode_now(model, [text])
         single.append(time.perf_counter() - t)
-    results = [{"batch": batch, **_timed_run(encoder, texts, batch, workers)} for batch in batches]
+    results = [{"batch": batch, **_timed_run(model, texts, batch, workers)} for batch in batches]
     best = min(results, key=lambda r: r["seconds"])
     single_p50 = float(np.percentile(single, 50))
     return {**best, "workers": workers, "single_p50": single_p50, "all": results}
@@ -133,36 +135,37 @@ def case_engine(
 def engine_rounds(bundle: str, texts: list[str], workers: int, batch: int) -> None:
     """A child that stays up: one timed run over ``texts`` for each line read on stdin, its
     result printed as a line of JSON (the interleaved ratio rounds drive it)."""
-    encoder = _warm_encoder(bundle, texts, workers)
+    model = _warm_model(bundle, texts, workers)
     for _ in sys.stdin:
-        print(json.dumps(_timed_run(encoder, texts, batch, workers)), flush=True)
+        print(json.dumps(_timed_run(model, texts, batch, workers)), flush=True)
 
 
-def _warm_encoder(bundle: str, texts: list[str], workers: int) -> Any:
-    """The bundle's encoder with cores / workers onnxruntime threads, run once."""
-    from app.engine.bundle import load_bundle
-    from app.engine.encoder import Encoder
+def _warm_model(bundle: str, texts: list[str], workers: int) -> Any:
+    """The bundle's model with cores / workers onnxruntime threads, run once."""
+    from app.backends.onnx.bundle import load_bundle
+    from app.backends.onnx.model import OnnxModel
+    from app.core.vectors import encode_now
 
     cores = os.cpu_count() or 1
-    encoder = Encoder.load(load_bundle(MODELS / bundle), intra_op_threads=max(1, cores // workers))
-    encoder.encode(texts[:64])
-    return encoder
+    model = OnnxModel.load(load_bundle(MODELS / bundle), intra_op_threads=max(1, cores // workers))
+    encode_now(model, texts[:64])
+    return model
 
 
-def _timed_run(encoder: Any, texts: list[str], batch: int, workers: int) -> dict[str, Any]:
+def _timed_run(model: Any, texts: list[str], batch: int, workers: int) -> dict[str, Any]:
     """Tokenize ``texts``, sort them by length and run them in batches of ``batch``."""
     started = time.perf_counter()
-    encodings = encoder.tokenize(texts)
+    encodings = model.tokenize(texts, truncate=True)
     ordered = sorted(encodings, key=lambda e: len(e.ids))
     latencies = _run_batches(
-        encoder, [ordered[i : i + batch] for i in range(0, len(ordered), batch)], workers
+        model, [ordered[i : i + batch] for i in range(0, len(ordered), batch)], workers
     )
     elapsed = time.perf_counter() - started
     tokens = sum(len(e.ids) for e in encodings)
     return {"seconds": elapsed, "tokens": tokens, "latencies": latencies}
 
 
-def _run_batches(encoder: Any, batches: list[Any], workers: int) -> list[float]:
+def _run_batches(model: Any, batches: list[Any], workers: int) -> list[float]:
     """Run ``batches`` on ``workers`` threads taking them in turn; each batch's latency."""
     import threading
 
@@ -177,7 +180,7 @@ def _run_batches(encoder: Any, batches: list[Any], workers: int) -> list[float]:
             if batch is None:
                 return
             t = time.perf_counter()
-            encoder.forward(batch)
+            model.run(batch)
             latencies.append(time.perf_counter() - t)
 
     threads = [threading.Thread(target=work) for _ in range(workers)]

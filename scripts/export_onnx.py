@@ -12,7 +12,7 @@ then derive a variant from it, each held to its own gate (see ``onnx_variants.py
 It writes ``models/<name>/``: ``model.onnx``, ``tokenizer.json``, the manifest ``config.json`` and
 ``reference.json`` (PyTorch's vectors for a fixed set of sentences, so that the serving tests can
 check parity without torch). Before it exits 0 it loads the new bundle with the service's own
-encoder and compares it with sentence-transformers on PyTorch; a worst cosine under the gate fails
+model and compares it with sentence-transformers on PyTorch; a worst cosine under the gate fails
 the export and leaves any earlier bundle in place.
 """
 
@@ -43,7 +43,7 @@ from onnx_variants import ExportFailed, Variant
 from packed_graph import export_packed, packable
 from sentence_transformers import SentenceTransformer
 
-from app.engine.bundle import (
+from app.backends.onnx.bundle import (
     MANIFEST,
     MODEL_FILE,
     REFERENCE_FILE,
@@ -51,9 +51,10 @@ from app.engine.bundle import (
     load_bundle,
     sha256_of,
 )
-from app.engine.encoder import KNOWN_INPUTS, Encoder, TokenIds
-from app.engine.packing import PACKED_INPUTS
-from app.engine.pooling import l2_normalize
+from app.backends.onnx.model import KNOWN_INPUTS, OnnxModel
+from app.backends.onnx.packing import PACKED_INPUTS
+from app.core.model import ModelKind, TokenIds
+from app.core.vectors import encode_now, l2_normalize
 
 log = logging.getLogger("export")
 
@@ -189,10 +190,10 @@ def worst_cosine(bundle_dir: Path, reference: np.ndarray) -> float:
 
     Both one batch of all sentences (padding present) and each sentence alone are checked.
     """
-    encoder = Encoder.load(load_bundle(bundle_dir))
+    model = OnnxModel.load(load_bundle(bundle_dir))
     expected = l2_normalize(reference)
-    batched = encoder.encode(SENTENCES).vectors
-    alone = np.vstack([encoder.encode([s]).vectors for s in SENTENCES])
+    batched = encode_now(model, SENTENCES)
+    alone = np.vstack([encode_now(model, [s]) for s in SENTENCES])
     cosines = np.concatenate([(batched * expected).sum(1), (alone * expected).sum(1)])
     return float(cosines.min())
 
@@ -243,6 +244,7 @@ def write_fp32_bundle(
     (out_dir / REFERENCE_FILE).write_text(json.dumps(reference), encoding="utf-8")
     manifest = {
         "format_version": 1,
+        "kind": ModelKind.DENSE.value,
         "name": source.name,
         "source": source.description,
         **facts,
@@ -281,8 +283,8 @@ def derive(fp32_dir: Path, out_dir: Path, variant: Variant, manifest: dict[str, 
 def check_int8(bundle_dir: Path, fp32_dir: Path, stsb: Path) -> dict[str, float]:
     """STS-B Spearman of the int8 bundle, and its worst cosine to fp32 over STS-B sentences."""
     pairs = variants.load_stsb(stsb)
-    int8 = variants.stsb_vectors(Encoder.load(load_bundle(bundle_dir)), pairs)
-    fp32 = variants.stsb_vectors(Encoder.load(load_bundle(fp32_dir)), pairs)
+    int8 = variants.stsb_vectors(OnnxModel.load(load_bundle(bundle_dir)), pairs)
+    fp32 = variants.stsb_vectors(OnnxModel.load(load_bundle(fp32_dir)), pairs)
     return {
         "stsb_spearman": variants.stsb_score(int8, pairs),
         "stsb_spearman_fp32": variants.stsb_score(fp32, pairs),

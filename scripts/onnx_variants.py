@@ -25,7 +25,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers import optimizer
 from onnxruntime.transformers.onnx_model import OnnxModel
 
-from app.engine.encoder import Encoder
+from app.backends.onnx.model import OnnxModel as ServedModel
+from app.core.vectors import encode_now
 
 Variant = Literal["fp32", "fp32-optimized", "int8", "fp16"]
 COSINE_GATES: Final[dict[Variant, float]] = {
@@ -114,10 +115,10 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def stsb_vectors(encoder: Encoder, pairs: list[tuple[float, str, str]]) -> np.ndarray:
+def stsb_vectors(model: ServedModel, pairs: list[tuple[float, str, str]]) -> np.ndarray:
     """Unit vectors for every sentence of the pairs: first all left, then all right."""
     texts = [a for _, a, _ in pairs] + [b for _, _, b in pairs]
-    chunks = [encoder.encode(texts[i : i + 64]).vectors for i in range(0, len(texts), 64)]
+    chunks = [encode_now(model, texts[i : i + 64]) for i in range(0, len(texts), 64)]
     return np.vstack(chunks)
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from app.engine.encoder import Tokenized
-from app.engine.packing import PACKED_INPUTS, pack
+from app.backends.onnx.packing import PACKED_INPUTS, pack
+from app.core.model import Row
 
 
 def packable(model: torch.nn.Module) -> bool:
@@ -101,9 +101,7 @@ class PackedBert(torch.nn.Module):
         return hidden
 
 
-def export_packed(
-    bert: torch.nn.Module, path: Path, sample: Sequence[Tokenized], opset: int
-) -> None:
+def export_packed(bert: torch.nn.Module, path: Path, sample: Sequence[Row], opset: int) -> None:
     """Trace ``PackedBert(bert)`` to ONNX at ``path``, from rows of unequal length."""
     arrays = pack(sample).feed  # the engine's own packing: both sides agree by construction
     tensors = tuple(torch.from_numpy(arrays[name]) for name in PACKED_INPUTS)

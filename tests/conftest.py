@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.core.engine import Engine
+from app.loading import load_engine
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +35,14 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def engine(settings: Settings) -> Iterator[EmbeddingEngine]:
-    loaded = EmbeddingEngine.from_settings(settings)
+def engine(settings: Settings) -> Iterator[Engine]:
+    loaded = load_engine(settings)
     yield loaded
     loaded.close()
 
 
 @pytest.fixture(scope="session")
-def client(settings: Settings, engine: EmbeddingEngine) -> Iterator[TestClient]:
+def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
     """A client of the real app on the real model; 5xx come back as responses, not raises."""
     with TestClient(create_app(settings, engine), raise_server_exceptions=False) as test_client:
         yield test_client

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.engine.registry import ModelRegistry
+from app.core.registry import ModelRegistry
 from app.errors import NotReady
 
 

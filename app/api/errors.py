@@ -6,7 +6,6 @@ into ``ServiceError``s, so one function renders every error response.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,6 @@ from starlette.responses import Response
 from app.errors import (
     ERROR_TABLE,
     ErrorCode,
-    InternalError,
     InvalidJSON,
     MethodNotAllowed,
     NotFound,
@@ -27,8 +25,6 @@ from app.errors import (
     ServiceError,
     ValidationFailed,
 )
-
-log = logging.getLogger("app.errors")
 
 _FROM_STATUS: dict[int, type[ServiceError]] = {
     400: InvalidJSON,
@@ -130,21 +126,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = InvalidJSON("the body is not valid JSON in UTF-8")
     elif kind is not None:
         error = kind(str(exc.detail))
-    else:
-        return await _unexpected(request, exc)
+    else:  # a status this service never raises on purpose: as unexpected as any exception
+        raise exc
     return render_error(error, exc.headers, path=request.url.path)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    request_id = getattr(request.state, "request_id", "-")
-    log.error("unhandled error in request %s", request_id, exc_info=exc)
-    error = InternalError(f"internal error; request id {request_id}")
-    return render_error(error, path=request.url.path)
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every kind of failure to the one renderer."""
+    """Route every expected kind of failure to the one renderer. Anything else is caught by
+    ``app.transport.context.ErrorGuard``, inside the request-id and CORS layers."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)

@@ -141,6 +141,7 @@ class OpenAIModelList(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str
+    kind: Literal["dense", "sparse", "rerank"] = Field(description="What the model returns.")
     dimension: int
     max_seq_length: int
     pooling: str

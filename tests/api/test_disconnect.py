@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from starlette.types import Message, Scope
 
-from app.api.disconnect import CLIENT_WATCH, ClientWatch, unless_disconnected
-from app.engine.engine import EmbeddingEngine
+from app.core.engine import Engine
 from app.errors import ClientClosed
+from app.transport.disconnect import CLIENT_WATCH, ClientWatch, unless_disconnected
 from tests.conftest import HeldForward
 
 LEAVES_AFTER_S = 0.05
@@ -48,12 +48,12 @@ def through_client_watch() -> tuple[Scope, Callable[[], Any]]:
 
 @pytest.mark.parametrize("way", [through_receive, through_client_watch])
 def test_a_departed_clients_rows_never_reach_the_model(
-    engine: EmbeddingEngine,
+    engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
     way: Callable[[], tuple[Scope, Callable[[], Any]]],
 ) -> None:
-    held = HeldForward(engine.encoder.forward)
-    monkeypatch.setattr(engine.encoder, "forward", held)
+    held = HeldForward(engine.model.run)
+    monkeypatch.setattr(engine.model, "run", held)
 
     async def run() -> None:
         first = asyncio.ensure_future(engine.embed(["first"]))
@@ -72,7 +72,7 @@ def test_a_departed_clients_rows_never_reach_the_model(
     assert held.seen == ["first", "after"]
 
 
-def test_a_watch_resumes_reading_and_ends_with_the_work(engine: EmbeddingEngine) -> None:
+def test_a_watch_resumes_reading_and_ends_with_the_work(engine: Engine) -> None:
     """Starting a watch resumes reading, so that a connection paused by a large body is still
     watched; once the work is done, a lost connection cancels nothing."""
     resumed: list[bool] = []
@@ -81,7 +81,7 @@ def test_a_watch_resumes_reading_and_ends_with_the_work(engine: EmbeddingEngine)
     async def run() -> None:
         scope = {"type": "http", "extensions": {CLIENT_WATCH: watch}}
         result = await unless_disconnected(scope, never_leaves, engine.embed(["stays"]))
-        assert result.vectors.shape == (1, engine.dimension)
+        assert result.values.shape == (1, engine.info.width)
         watch.connection_lost()  # after the answer: nothing to cancel
         await asyncio.sleep(0)
         assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.engine.engine import Batching, EmbeddingEngine, Limits
+from app.core.engine import Batching, Engine, Limits
+from app.core.vectors import encode_now
 from app.main import create_app
 from tests.conftest import HeldForward, error_of, slowed
 
@@ -36,16 +37,16 @@ def test_input_too_long_names_its_token_count_and_the_limit(client: TestClient) 
 
 
 @pytest.fixture(scope="module")
-def small_limits(engine: EmbeddingEngine) -> Iterator[TestClient]:
+def small_limits(engine: Engine) -> Iterator[TestClient]:
     """The same model behind limits small enough to hit with a few bytes."""
     settings = Settings(max_inputs=4, max_input_chars=50, max_body_bytes=2048)
-    limited = EmbeddingEngine(engine.encoder, Limits(max_inputs=4, max_input_chars=50))
+    limited = Engine(engine.model, Limits(max_inputs=4, max_input_chars=50))
     with TestClient(create_app(settings, limited), raise_server_exceptions=False) as client:
         yield client
     limited.close()
 
 
-def test_engine_limits_come_from_the_settings(engine: EmbeddingEngine) -> None:
+def test_engine_limits_come_from_the_settings(engine: Engine) -> None:
     assert engine.limits.max_inputs == 2048 and engine.limits.max_input_chars == 100_000
 
 
@@ -110,14 +111,14 @@ def test_not_ready_before_the_model_is_loaded(settings: Settings) -> None:
 
 def test_an_engine_fault_is_a_500_with_a_request_id_and_no_internals(
     client: TestClient,
-    engine: EmbeddingEngine,
+    engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internal detail /opt/model")
 
-    monkeypatch.setattr(engine.encoder, "forward", explode)
+    monkeypatch.setattr(engine.model, "run", explode)
     response = client.post("/embed", json={"inputs": "a"}, headers={"X-Request-ID": "req-500"})
     assert error_of(response) == (500, "server_error", "internal_error")
     assert "req-500" in response.json()["error"]["message"]
@@ -128,16 +129,16 @@ def test_an_engine_fault_is_a_500_with_a_request_id_and_no_internals(
 
 
 def test_a_fault_on_one_requests_rows_spares_the_others_in_its_batch(
-    client: TestClient, engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = HeldForward(engine.encoder.forward)
+    held = HeldForward(engine.model.run)
 
     def poisoned(encodings: Any) -> Any:
         if any("poison" in e.tokens for e in encodings):
             raise RuntimeError("injected fault at /opt/model")
         return held(encodings)
 
-    monkeypatch.setattr(engine.encoder, "forward", poisoned)
+    monkeypatch.setattr(engine.model, "run", poisoned)
     texts = ["hold the model", "cats sleep", "poison pill", "dogs bark"]
 
     def post(text: str) -> Any:
@@ -158,16 +159,16 @@ def test_a_fault_on_one_requests_rows_spares_the_others_in_its_batch(
     for text, response in zip(texts, responses, strict=True):
         if text != "poison pill":
             assert response.status_code == 200
-            expected = engine.encoder.encode([text]).vectors[0]
+            expected = encode_now(engine.model, [text])[0]
             assert np.allclose(response.json()["embeddings"][0], expected, atol=1e-5)
     assert client.post("/embed", json={"inputs": "poison pill"}).status_code == 200
 
 
 def test_a_request_past_its_deadline_is_a_503_timeout(
-    engine: EmbeddingEngine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hasty = EmbeddingEngine(engine.encoder, engine.limits, Batching(request_timeout_s=0.1))
-    monkeypatch.setattr(engine.encoder, "forward", slowed(engine.encoder.forward, 0.3))
+    hasty = Engine(engine.model, engine.limits, Batching(request_timeout_s=0.1))
+    monkeypatch.setattr(engine.model, "run", slowed(engine.model.run, 0.3))
     with TestClient(create_app(settings, hasty), raise_server_exceptions=False) as client:
         response = client.post("/embed", json={"inputs": "too slow"})
         assert error_of(response) == (503, "service_unavailable", "timeout")
@@ -176,16 +177,16 @@ def test_a_request_past_its_deadline_is_a_503_timeout(
 
 
 def test_bad_input_never_reaches_the_model(
-    client: TestClient, engine: EmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     passes: list[int] = []
-    forward = engine.encoder.forward
+    forward = engine.model.run
 
     def counting(rows: Any) -> Any:
         passes.append(len(rows))
         return forward(rows)
 
-    monkeypatch.setattr(engine.encoder, "forward", counting)
+    monkeypatch.setattr(engine.model, "run", counting)
     bad = [
         b'{"inputs": ["fine", "\\ud800"]}',
         b'{"inputs": ["fine", "' + b"word " * 300 + b'"], "truncate": false}',

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.core.engine import Engine
 from app.main import create_app
 from tests.conftest import error_of
 
@@ -44,6 +44,7 @@ def test_info_describes_models_and_limits(client: TestClient) -> None:
     assert info["models"] == [
         {
             "id": "all-MiniLM-L6-v2",
+            "kind": "dense",
             "dimension": 384,
             "max_seq_length": 256,
             "pooling": "mean",
@@ -88,7 +89,7 @@ KEY = "k-123"
 
 
 @pytest.fixture(scope="module")
-def guarded(settings: Settings, engine: EmbeddingEngine) -> Iterator[TestClient]:
+def guarded(settings: Settings, engine: Engine) -> Iterator[TestClient]:
     keyed = settings.model_copy(
         update={
             "api_keys": [SecretStr("first"), SecretStr(KEY)],

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.core.engine import Engine
+from app.core.vectors import encode_now
 from tests.e2e.conftest import ROOT, free_port, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -70,14 +71,12 @@ def image_server(
         assert process.wait(timeout=15) == 0
 
 
-def test_it_serves_the_bundle(image_server: tuple[str, str], engine: EmbeddingEngine) -> None:
+def test_it_serves_the_bundle(image_server: tuple[str, str], engine: Engine) -> None:
     url, _ = image_server
     texts = ["A man is playing a guitar.", "Cats sleep a lot."]
     response = httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=30)
     assert response.status_code == 200
-    assert np.allclose(
-        response.json()["embeddings"], engine.encoder.encode(texts).vectors, atol=1e-5
-    )
+    assert np.allclose(response.json()["embeddings"], encode_now(engine.model, texts), atol=1e-5)
 
 
 def test_the_healthcheck_command(runtime_venv: Path, image_server: tuple[str, str]) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.core.engine import Engine
+from app.core.vectors import encode_now
 from tests.e2e.conftest import serving
 
 pytestmark = pytest.mark.e2e
@@ -20,15 +21,15 @@ WAVES = 3
 
 
 def test_a_flood_beyond_the_queue_gets_fast_429s_and_every_accepted_request_is_right(
-    settings: Settings, engine: EmbeddingEngine, tmp_path: Path
+    settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
     texts = [
         [f"flood request {i}, sentence {j}, with a few more words" for j in range(8)]
         for i in range(CLIENTS)
     ]
-    tokens = sum(len(e.ids) for e in engine.encoder.tokenize(texts[0]))
+    tokens = sum(len(e.ids) for e in engine.model.tokenize(texts[0], truncate=True))
     assert CLIENTS * tokens > 20 * QUEUE_TOKENS  # many times what the queue holds
-    expected = [engine.encoder.encode(t).vectors for t in texts]
+    expected = [encode_now(engine.model, t) for t in texts]
     with serving(settings, tmp_path, EMBED_MAX_QUEUE_TOKENS=str(QUEUE_TOKENS)) as server:
 
         async def flood() -> list[httpx.Response]:

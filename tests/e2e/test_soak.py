@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.core.engine import Engine
+from app.core.vectors import encode_now
 from tests.e2e.conftest import Server, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.soak]
@@ -91,7 +92,7 @@ async def drive(server: Server, work: list[Sent]) -> list[tuple[float, float]]:
 
 
 def test_soak(
-    settings: Settings, engine: EmbeddingEngine, stsb: list[tuple[float, str, str]], tmp_path: Path
+    settings: Settings, engine: Engine, stsb: list[tuple[float, str, str]], tmp_path: Path
 ) -> None:
     sentences = sorted({s for _, a, b in stsb for s in (a, b)})
     work = mixed_requests(sentences, REQUESTS)
@@ -112,7 +113,7 @@ def test_soak(
         rss_end, fds_end = server.memory_kb(), server.open_fds()
         peak = server.memory_kb("VmHWM")
         check = httpx.post(f"{server.url}/embed", json={"inputs": sentences[:3]}, timeout=30)
-        expected = engine.encoder.encode(sentences[:3]).vectors
+        expected = encode_now(engine.model, sentences[:3])
         assert np.allclose(check.json()["embeddings"], expected, atol=1e-5)
 
     p50_start = statistics.median(latency for _, latency in first)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.engine.batches import plan_batches
+from app.core.planner import plan_batches
 
 
 def test_every_row_lands_in_exactly_one_pass() -> None:

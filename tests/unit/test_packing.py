@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.engine.encoder import TokenIds
-from app.engine.packing import pack, pool_packed
-from app.engine.pooling import pool
+from app.backends.onnx.packing import pack, pool_packed
+from app.backends.onnx.pooling import pool
+from app.core.model import TokenIds
 
 ROWS = [TokenIds([101, 7, 102]), TokenIds([101, 102]), TokenIds([101, 5, 6, 8, 102])]
 

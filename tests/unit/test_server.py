@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from app.server import CoalescingTransport
+from app.transport.server import CoalescingTransport
 
 
 class RecordingTransport:

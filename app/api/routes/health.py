@@ -41,20 +41,21 @@ async def live() -> LiveResponse:
     tags=["models"],
 )
 async def info(request: Request, models: ModelsDep) -> InfoResponse:
-    """The served models (id, dimension, limit, pooling, variant, provider), the server's limits
-    and its version."""
+    """The served models (id, kind, dimension, limit, pooling, variant, provider), the
+    server's limits and its version."""
     described = [
         ModelInfo(
-            id=engine.model_id,
-            dimension=engine.dimension,
-            max_seq_length=engine.encoder.bundle.max_seq_length,
-            pooling=engine.encoder.bundle.pooling,
-            normalize=engine.encoder.bundle.normalize,
-            variant=engine.encoder.bundle.variant,
-            provider=engine.encoder.provider,
-            default=engine.model_id == models.default_id,
+            id=info.id,
+            kind=info.kind.value,
+            dimension=info.width,
+            max_seq_length=info.max_seq_length,
+            pooling=info.details.get("pooling", ""),
+            normalize=info.normalize,
+            variant=info.variant,
+            provider=info.runtime,
+            default=info.id == models.default_id,
         )
-        for engine in models
+        for info in (engine.info for engine in models)
     ]
     settings = request.app.state.settings
     limits: dict[str, int | float] = {

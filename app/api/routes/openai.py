@@ -8,26 +8,23 @@ it (LangChain, LlamaIndex) work when pointed here; errors on these routes carry 
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.access_log import note_embedding
 from app.api.deps import ModelsDep
-from app.api.disconnect import unless_disconnected
 from app.api.errors import EMBEDDING_ERRORS, error_responses
-from app.api.responses import FastJSONResponse
+from app.api.responses import OutcomeResponse, outcome_response, usage
 from app.api.schemas import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     OpenAIModel,
     OpenAIModelList,
 )
-from app.engine.engine import EmbeddingEngine
-from app.engine.pooling import Floats, shorten
+from app.core.engine import Engine
+from app.core.model import Floats
 from app.errors import ErrorCode as C
-from app.errors import InvalidParameter
+from app.transport.disconnect import unless_disconnected
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 OWNER = "embed-service"
@@ -40,39 +37,27 @@ OWNER = "embed-service"
 )
 async def create_embeddings(
     request: Request, body: OpenAIEmbeddingRequest, models: ModelsDep
-) -> FastJSONResponse:
+) -> OutcomeResponse:
     """OpenAI's embeddings call. Texts longer than the model's limit are truncated (as
     ``/embed`` does by default); token-id inputs are taken verbatim and must fit."""
     engine = models.get(body.model)
-    if body.dimensions is not None and not 1 <= body.dimensions <= engine.dimension:
-        raise InvalidParameter(
-            f"dimensions must be between 1 and {engine.dimension} for {engine.model_id}; "
-            f"got {body.dimensions}",
-            param="dimensions",
-        )
-    inputs = body.input
+    inputs, dimensions = body.input, body.dimensions
     if isinstance(inputs, str):
-        work = engine.embed([inputs])
+        work = engine.embed([inputs], dimensions=dimensions)
     elif isinstance(inputs[0], str):
-        work = engine.embed(inputs)
+        work = engine.embed(inputs, dimensions=dimensions)
     elif isinstance(inputs[0], int):
-        work = engine.embed_ids([inputs])
+        work = engine.embed_ids([inputs], dimensions=dimensions)
     else:
-        work = engine.embed_ids(inputs)
-    result = await unless_disconnected(request.scope, request.receive, work)
-    vectors = result.vectors
-    if body.dimensions is not None and body.dimensions < engine.dimension:
-        vectors = shorten(vectors, body.dimensions)
-    tokens = sum(result.token_counts)
-    return FastJSONResponse(
-        {
-            "object": "list",
-            "data": _data(vectors, body.encoding_format),
-            "model": engine.model_id,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        },
-        headers=note_embedding(request.scope, engine.model_id, result),
-    )
+        work = engine.embed_ids(inputs, dimensions=dimensions)
+    outcome = await unless_disconnected(request.scope, request.receive, work)
+    content = {
+        "object": "list",
+        "data": _data(outcome.values, body.encoding_format),
+        "model": outcome.model,
+        "usage": usage(outcome),
+    }
+    return outcome_response(content, outcome)
 
 
 def _data(vectors: Floats, encoding_format: str) -> list[dict[str, Any]]:
@@ -108,7 +93,7 @@ async def get_model(model_id: str, models: ModelsDep) -> OpenAIModel:
     return _describe(models.get(model_id))
 
 
-def _describe(engine: EmbeddingEngine) -> OpenAIModel:
-    exported = engine.encoder.bundle.manifest.get("exported_at")
-    created = int(datetime.fromisoformat(exported).timestamp()) if exported else 0
-    return OpenAIModel(id=engine.model_id, object="model", created=created, owned_by=OWNER)
+def _describe(engine: Engine) -> OpenAIModel:
+    return OpenAIModel(
+        id=engine.model_id, object="model", created=engine.info.created, owned_by=OWNER
+    )

@@ -1,5 +1,8 @@
 """A model bundle on disk: ``model.onnx``, ``tokenizer.json`` and the manifest ``config.json``.
 
+The manifest says what the model is: its ``kind`` (``dense``, ``sparse`` or ``rerank``; a
+manifest without one is ``dense``), its dimension, pooling and limit, and how it was exported.
+
 ``scripts/export_onnx.py`` writes bundles; ``load_bundle`` reads one back and checks it, so that
 every fault a user can make (wrong path, a half-copied file, an unsupported pooling mode) stops
 the start-up with one line that says how to fix it.
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from app.engine.pooling import SUPPORTED_POOLING, PoolingMode
+from app.backends.onnx.pooling import SUPPORTED_POOLING, PoolingMode
+from app.core.model import ModelKind
 from app.errors import StartupError
 
 MANIFEST = "config.json"
@@ -29,6 +33,7 @@ class Bundle:
 
     id: str
     path: Path
+    kind: ModelKind
     dimension: int
     pooling: PoolingMode
     normalize: bool
@@ -71,6 +76,11 @@ def load_bundle(path: Path, *, verify_checksum: bool = True) -> Bundle:
             f"{path / MODEL_FILE} does not match the sha256 in its manifest (corrupted or "
             f"partly copied); re-export it ({EXPORT_HINT})"
         )
+    kind = manifest.get("kind", ModelKind.DENSE)  # bundles from before kinds are dense
+    if kind not in set(ModelKind):
+        raise StartupError(
+            f"model bundle {path} is of kind {kind!r}; this service knows {', '.join(ModelKind)}"
+        )
     pooling = manifest["pooling"]
     if pooling not in SUPPORTED_POOLING:
         raise StartupError(
@@ -80,6 +90,7 @@ def load_bundle(path: Path, *, verify_checksum: bool = True) -> Bundle:
     return Bundle(
         id=path.name,
         path=path,
+        kind=ModelKind(kind),
         dimension=int(manifest["dimension"]),
         pooling=cast(PoolingMode, pooling),
         normalize=bool(manifest["normalize"]),

@@ -1,20 +1,19 @@
 """The queue and the micro-batching loop: rows from many requests share forward passes.
 
 Worker threads run the model's forward passes, by default one per core, each pass on one core
-(see ``app.engine.engine.thread_plan`` for why). Requests put their tokenized rows on a bounded
-queue and get a future. A free worker wakes as soon as anything is queued (no fixed sleep: a
-lone request runs at once) and moves rows, in arrival order, into a window of at most two full
-passes' worth that all workers share. Before every pass it plans the whole window afresh
-(``plan_batches``: sorted by length, cut where padding would cost most) and runs the one pass
-that holds the window's oldest row. Rows that were left out wait for partners of their own
-length among the next arrivals; the oldest row always goes next, so a row waits at most one
-pass for each older row in the window. Against planning a fixed round of rows and running all
-its passes, this gave passes of 21 rows instead of 15 with 64 clients, and 2-4% more throughput
-in a simulation driven by measured pass costs.
+(``app.core.threads`` says why). Requests put their tokenized rows on a bounded queue and get a
+future. A free worker wakes as soon as anything is queued (no fixed sleep: a lone request runs
+at once) and moves rows, in arrival order, into a window of at most two full passes' worth that
+all workers share. Before every pass it plans the whole window afresh (``plan_batches``: sorted
+by length, cut where padding would cost most) and runs the one pass that holds the window's
+oldest row. Rows that were left out wait for partners of their own length among the next
+arrivals; the oldest row always goes next, so a row waits at most one pass for each older row
+in the window. docs/batching.md has the measurements behind these choices.
 
-Each row's vector goes back into its request's own array, so every caller gets its inputs'
-vectors in its own order. Requests whose future is done (deadline passed, client gone) are
-dropped before inference.
+Each row's output goes back into its request's own array, so every caller gets its inputs'
+rows in its own order, finished (cut, normalised) as the request asked. Requests whose future
+is done (deadline passed, client gone) are dropped before inference. A pass that fails is run
+again request by request, so that only the request at fault fails.
 """
 
 from __future__ import annotations
@@ -30,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.engine.batches import PASS_OVERHEAD_TOKENS, plan_batches
-from app.engine.encoder import Embedded, Encoder, Tokenized
-from app.engine.pooling import Floats, l2_normalize
+from app.core.model import Floats, Model, Outcome, Row
+from app.core.planner import PASS_OVERHEAD_TOKENS, plan_batches
+from app.core.vectors import Finish
 from app.errors import Overloaded, ShuttingDown
 from app.metrics import BATCH_SIZE, BATCH_TOKENS, INFERENCE_DURATION, QUEUE_DEPTH, QUEUE_WAIT
 
@@ -44,12 +43,12 @@ WINDOW_PASSES = 2  # the planning window holds about this many full passes
 class Job:
     """One request's rows on their way through the queue."""
 
-    encodings: Sequence[Tokenized]
+    rows: Sequence[Row]
     lengths: list[int]
-    normalize: bool
-    future: asyncio.Future[Embedded]
+    finish: Finish | None  # what the request asked done to its rows once all are there
+    future: asyncio.Future[Outcome]
     loop: asyncio.AbstractEventLoop
-    vectors: Floats
+    outputs: Floats
     enqueued: float = field(default_factory=time.perf_counter)
     queue_s: float = 0.0  # from arrival to the first pass that holds one of its rows
     inference_s: float = 0.0
@@ -63,10 +62,10 @@ class Job:
         return self.failed or self.future.done()
 
 
-Outcome = tuple[Job, Embedded | BaseException]
+Settled = tuple[Job, Outcome | BaseException]
 
 
-def _settle(outcomes: list[Outcome]) -> None:
+def _settle(outcomes: list[Settled]) -> None:
     """Runs on the event loop: resolve the futures of the jobs a pass finished."""
     for job, result in outcomes:
         if job.future.done():
@@ -77,9 +76,9 @@ def _settle(outcomes: list[Outcome]) -> None:
             job.future.set_result(result)
 
 
-def _deliver(outcomes: list[Outcome]) -> None:
+def _deliver(outcomes: list[Settled]) -> None:
     """Hand outcomes to their event loops, one wake-up per loop rather than one per job."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
     for outcome in outcomes:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
     for loop, batch in by_loop.items():
@@ -90,11 +89,11 @@ def _deliver(outcomes: list[Outcome]) -> None:
 
 
 class Batcher:
-    """The queue in front of one encoder, and the thread that drains it."""
+    """The queue in front of one model, and the threads that drain it."""
 
     def __init__(
         self,
-        encoder: Encoder,
+        model: Model,
         *,
         max_batch_tokens: int,
         max_batch_rows: int,
@@ -104,12 +103,12 @@ class Batcher:
         pass_overhead_tokens: int = PASS_OVERHEAD_TOKENS,
         cores: threading.Semaphore | None = None,
     ) -> None:
-        self.encoder = encoder
+        self.model = model
         # One permit held for each forward pass. Models served together share one semaphore
         # with a permit per worker, so their passes take turns on the cores instead of running
         # at once and oversubscribing them.
         self._cores = cores or threading.Semaphore(workers)
-        self.model_id = encoder.bundle.id
+        self.model_id = model.info.id
         # This model's metric series, looked up once rather than on every request and pass.
         self._queue_depth = QUEUE_DEPTH.labels(self.model_id)
         self._queue_wait = QUEUE_WAIT.labels(self.model_id)
@@ -136,18 +135,19 @@ class Batcher:
         for thread in self._workers:
             thread.start()
 
-    def submit(self, encodings: Sequence[Tokenized], normalize: bool) -> asyncio.Future[Embedded]:
-        """Queue one request's rows; ``Overloaded`` at once when the queue is full."""
+    def submit(self, rows: Sequence[Row], finish: Finish | None) -> asyncio.Future[Outcome]:
+        """Queue one request's rows; ``Overloaded`` at once when the queue is full. The future
+        gets the request's ``Outcome``, its rows passed through ``finish``."""
         loop = asyncio.get_running_loop()
-        lengths = [len(e.ids) for e in encodings]
+        lengths = [len(row.ids) for row in rows]
         tokens = sum(lengths)
         job = Job(
-            encodings=encodings,
+            rows=rows,
             lengths=lengths,
-            normalize=normalize,
+            finish=finish,
             future=loop.create_future(),
             loop=loop,
-            vectors=np.empty((len(encodings), self.encoder.bundle.dimension), np.float32),
+            outputs=np.empty((len(rows), self.model.info.width), np.float32),
         )
         with self._cond:
             if self._stopping:
@@ -157,7 +157,7 @@ class Batcher:
                 raise self._overloaded(tokens)
             self._jobs.append(job)
             self._queued_tokens += tokens
-            self._queued_rows += len(encodings)
+            self._queued_rows += len(rows)
             self._queue_depth.set(self._queued_rows)
             self._cond.notify()
         return job.future
@@ -221,7 +221,7 @@ class Batcher:
 
     def _next_pass(self) -> list[tuple[Job, int]]:
         """Plan the whole window and take out the pass that holds its oldest row (none if the
-        window is empty); the lock is held. Planning 64 rows takes about 0.3 ms."""
+        window is empty); the lock is held."""
         window = self._window
         if not window:
             return []
@@ -238,7 +238,7 @@ class Batcher:
         return [window[index] for index in chosen]
 
     def _run_pass(self, rows: list[tuple[Job, int]]) -> None:
-        encodings = [job.encodings[row] for job, row in rows]
+        inputs = [job.rows[row] for job, row in rows]
         now = time.perf_counter()
         for job, _ in rows:
             if not job.started:
@@ -248,13 +248,19 @@ class Batcher:
         try:
             with self._cores:
                 started = time.perf_counter()
-                vectors = self.encoder.forward(encodings)
+                outputs = self.model.run(inputs)
                 elapsed = time.perf_counter() - started
+            if outputs.shape != (len(inputs), self.model.info.width):
+                raise RuntimeError(
+                    f"{self.model_id} returned {outputs.shape} for {len(inputs)} rows; "
+                    f"expected ({len(inputs)}, {self.model.info.width})"
+                )
         except Exception as exc:  # one bad pass must not end the worker
             self._retry_alone(rows, exc)
             return
-        real = sum(len(e.ids) for e in encodings)
-        padded = len(encodings) * max(len(e.ids) for e in encodings)
+        lengths = [job.lengths[row] for job, row in rows]
+        real = sum(lengths)
+        padded = len(lengths) * max(lengths)
         # tokens/s of the whole batcher, for Retry-After: every worker runs passes like this one
         rate = len(self._workers) * real / max(elapsed, 1e-6)
         self._throughput = 0.8 * self._throughput + 0.2 * rate
@@ -264,14 +270,14 @@ class Batcher:
         self._pass_padded_tokens.observe(padded)
         for job in {job for job, _ in rows}:
             job.inference_s += elapsed
-        finished: list[Outcome] = []
-        for (job, row), vector in zip(rows, vectors, strict=True):
-            job.vectors[row] = vector
+        finished: list[Settled] = []
+        for (job, row), output in zip(rows, outputs, strict=True):
+            job.outputs[row] = output
             job.done += 1
             if job.done == len(job.lengths):
-                result = l2_normalize(job.vectors) if job.normalize else job.vectors
-                embedded = Embedded(result, job.lengths, job.queue_s, job.inference_s)
-                finished.append((job, embedded))
+                values = job.finish(job.outputs) if job.finish else job.outputs
+                outcome = Outcome(self.model_id, values, job.lengths, job.queue_s, job.inference_s)
+                finished.append((job, outcome))
         _deliver(finished)
 
     def _retry_alone(self, rows: list[tuple[Job, int]], exc: Exception) -> None:

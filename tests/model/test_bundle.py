@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from app.backends.onnx.bundle import load_bundle
+from app.backends.onnx.model import OnnxModel
+from app.backends.onnx.packing import PACKED_INPUTS
 from app.config import Settings
-from app.engine.bundle import load_bundle
-from app.engine.encoder import Encoder
-from app.engine.packing import PACKED_INPUTS
+from app.core.model import ModelKind
 from app.errors import StartupError
+from app.loading import load_models
 
 
 @pytest.fixture
@@ -76,4 +78,33 @@ def test_broken_manifest(bundle_copy: Path) -> None:
 def test_unreadable_tokenizer(bundle_copy: Path) -> None:
     (bundle_copy / "tokenizer.json").write_text("{}")
     with pytest.raises(StartupError, match=r"cannot read .*tokenizer\.json"):
-        Encoder.load(load_bundle(bundle_copy))
+        OnnxModel.load(load_bundle(bundle_copy))
+
+
+def test_a_manifest_without_a_kind_is_dense(bundle_copy: Path) -> None:
+    manifest = json.loads((bundle_copy / "config.json").read_text())
+    manifest.pop("kind", None)
+    (bundle_copy / "config.json").write_text(json.dumps(manifest))
+    assert load_bundle(bundle_copy).kind == ModelKind.DENSE
+
+
+def test_the_export_writes_the_kind(settings: Settings) -> None:
+    manifest = json.loads((settings.model_dir / "config.json").read_text())
+    assert manifest.get("kind") == "dense", "a bundle from an older export: delete it and rebuild"
+
+
+@pytest.mark.parametrize(("kind", "says"), [("sparse", "dense models only"), ("nope", "knows")])
+def test_a_kind_this_version_does_not_serve_is_refused(
+    bundle_copy: Path, kind: str, says: str
+) -> None:
+    manifest = json.loads((bundle_copy / "config.json").read_text())
+    manifest["kind"] = kind
+    (bundle_copy / "config.json").write_text(json.dumps(manifest))
+    with pytest.raises(StartupError, match=says):
+        OnnxModel.load(load_bundle(bundle_copy))
+
+
+def test_a_missing_bundle_among_several_stops_the_start(settings: Settings) -> None:
+    listed = Settings(models=[str(settings.model_dir), "/nonexistent/bundle"])
+    with pytest.raises(StartupError, match="does not exist"):
+        load_models(listed)

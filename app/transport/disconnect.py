@@ -5,9 +5,9 @@ when the client closes the connection. Watching for that lets a departed client'
 queue before inference, instead of costing a forward pass nobody reads.
 
 ASGI's only way to learn of a disconnect is a task waiting on ``receive``: a task per request,
-which with its cancellation cost 24 us of the event loop's CPU per request here (13% of the
-HTTP path alone, measured with a model that costs nothing at 64 clients). ``python -m app``
-serves with a protocol (``app.server``) that offers a cheaper way, the scope extension
+which with its cancellation is a measurable share of the HTTP path's CPU (docs/design.md).
+``python -m app`` serves with a protocol (``app.transport.server``) that offers a cheaper way,
+the scope extension
 ``CLIENT_WATCH``: the server calls back when the connection is lost. Any other ASGI server gets
 the waiting task.
 """

@@ -1,10 +1,11 @@
-"""``EmbedFastPath``: a well-formed ``POST /embed`` is answered without FastAPI; anything else,
-an invalid body included, reaches FastAPI exactly as it arrived."""
+"""``DirectRoute``: a well-formed ``POST /embed`` is answered without FastAPI, by the same
+function as the FastAPI route; anything else, an invalid body included, reaches FastAPI exactly
+as it arrived."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -12,12 +13,19 @@ import numpy as np
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from app.api.fastpath import EmbedFastPath
-from app.api.routes.embeddings import router
-from app.engine.engine import EmbeddingEngine
-from app.engine.registry import ModelRegistry
+from app.api.routes.embeddings import answer_embed
+from app.api.schemas import EmbedRequest
+from app.core.engine import Engine
+from app.core.registry import ModelRegistry
+from app.transport.direct import DirectRoute
+from tests.fakes import FakeModel
 
-EMBED_ROUTE = next(r for r in router.routes if getattr(r, "path", "") == "/embed")
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    served = Engine(FakeModel())
+    yield served
+    served.close()
 
 
 class Inner:
@@ -38,9 +46,11 @@ class Inner:
         await send({"type": "http.response.body", "body": b""})
 
 
-def harness(engine: EmbeddingEngine) -> tuple[Inner, httpx.AsyncClient]:
+def harness(engine: Engine) -> tuple[Inner, httpx.AsyncClient]:
     inner = Inner()
-    fast = EmbedFastPath(inner, route=EMBED_ROUTE)
+    fast = DirectRoute(
+        inner, method="POST", path="/embed", schema=EmbedRequest, answer=answer_embed
+    )
     models = ModelRegistry([engine])
 
     async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,7 +65,7 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-def test_a_valid_embed_is_answered_without_fastapi(engine: EmbeddingEngine) -> None:
+def test_a_valid_embed_is_answered_without_fastapi(engine: Engine) -> None:
     inner, client = harness(engine)
 
     async def go() -> httpx.Response:
@@ -64,7 +74,8 @@ def test_a_valid_embed_is_answered_without_fastapi(engine: EmbeddingEngine) -> N
 
     response = run(go())
     assert response.status_code == 200 and inner.bodies == []
-    expected = engine.encoder.encode(["a cat", "a dog"]).vectors
+    assert isinstance(engine.model, FakeModel)
+    expected = engine.model.expected(["a cat", "a dog"])
     assert np.allclose(response.json()["embeddings"], expected, atol=1e-5)
     assert float(response.headers["x-inference-time"]) > 0
 
@@ -85,7 +96,7 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
     ],
 )
 def test_everything_else_reaches_fastapi_unchanged(
-    engine: EmbeddingEngine, path: str, headers: dict[str, str], body: bytes
+    engine: Engine, path: str, headers: dict[str, str], body: bytes
 ) -> None:
     inner, client = harness(engine)
 
@@ -97,7 +108,7 @@ def test_everything_else_reaches_fastapi_unchanged(
     assert inner.bodies == [body]
 
 
-def test_a_body_in_several_chunks(engine: EmbeddingEngine) -> None:
+def test_a_body_in_several_chunks(engine: Engine) -> None:
     inner, client = harness(engine)
     headers = {"content-type": "application/json"}
 
@@ -116,7 +127,7 @@ def test_a_body_in_several_chunks(engine: EmbeddingEngine) -> None:
     assert bad.status_code == 299 and inner.bodies == [b'{"inputs": 1}']
 
 
-def test_service_errors_keep_their_shape(engine: EmbeddingEngine) -> None:
+def test_service_errors_keep_their_shape(engine: Engine) -> None:
     _, client = harness(engine)
 
     async def go() -> httpx.Response:

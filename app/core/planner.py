@@ -5,8 +5,8 @@ Every row of a pass is padded to the pass's longest row, so the work of a pass i
 ``plan_batches`` sorts the rows by length and chooses the cuts that minimise that total,
 exactly, by dynamic programming over the sorted rows, within a token budget and a row cap.
 
-Why it matters: a round of 30 random STS-B sentences padded to its longest row wastes 42% of
-its tokens; cut into a few passes of similar lengths it wastes a few percent.
+Why it matters: rows of mixed lengths padded to the longest waste a large share of a pass's
+work; cut into passes of similar lengths they waste little (docs/batching.md).
 """
 
 from __future__ import annotations
@@ -14,15 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 CPU_OVERHEAD_TOKENS_PER_THREAD = 8
-"""A CPU pass's fixed cost, in tokens of work, for each onnxruntime thread in it.
-
-Timed here pass by pass (rows x length from 1 x 6 to 64 x 64, best of three sweeps in random
-order) and fitted as a fixed cost plus a cost per token at 4 rows and up: a one-thread pass
-costs 7 tokens (optimised graph) to 9-14 (plain), a two-thread pass 11-16 (optimised) to 20-30
-(plain). On one thread the time per token is flat from about 8 rows, so small passes of rows of
-one length beat large padded ones. The old single figure of 32 made one-thread passes pad rows
-to share a pass: with 64 clients they held 14 rows at 89% real tokens, where a simulation driven
-by the measured times gives 97% real tokens and about 6% more throughput with 8.
+"""A CPU pass's fixed cost, in tokens of work, for each runtime thread in it: fitted from pass
+timings as a fixed cost plus a cost per token (docs/batching.md has the fit). Settable with
+``EMBED_PASS_OVERHEAD_TOKENS`` for other models and machines.
 """
 
 PASS_OVERHEAD_TOKENS = 32
@@ -56,7 +50,7 @@ def plan_batches(
             # Reaching back one more row adds ``width`` to the pass and saves at most
             # ``length + overhead`` before it (that row in a pass of its own). Once the row is
             # shorter than ``width - overhead``, every longer reach costs more than the last:
-            # stop. Exact; planning 64 STS-B rows went from 231 to 182 us here.
+            # stop. The plan is the same as without the cut-off, only found sooner.
             if width - sorted_lengths[start] > overhead:
                 break
             cost = best[start] + (end - start) * width + overhead

@@ -5,12 +5,10 @@ uvicorn writes a response's status line and headers, then its body, in two ``tra
 calls, and uvloop sends each at once: two ``send`` system calls per response, and on loopback
 two wake-ups of the client. ``ServerHttpProtocol``, uvicorn's HTTP protocol as run here, writes
 through a transport that holds writes and sends them together as soon as the response is
-complete (or at the end of the event loop's turn, for a response that is not). Measured with 64
-clients on a model that costs nothing (the HTTP path alone), it served 14% more requests per
-second (median of 8 interleaved runs, 1.07-1.21x), and the event loop's CPU per request fell
-15%. On two cores that CPU is taken from inference.
+complete (or at the end of the event loop's turn, for a response that is not). The event loop's
+CPU is taken from inference, so this matters (docs/design.md has the figures).
 
-The protocol also gives every request a ``ClientWatch`` (``app.api.disconnect``): when a
+The protocol also gives every request a ``ClientWatch`` (``app.transport.disconnect``): when a
 connection is lost before its response is complete, it calls back the request waiting on it,
 so that the request's rows leave the queue, with no task per request waiting on ``receive``.
 """
@@ -25,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.api.disconnect import CLIENT_WATCH, ClientWatch
+from app.transport.disconnect import CLIENT_WATCH, ClientWatch
 
 
 class DrainingServer(uvicorn.Server):
@@ -87,8 +85,7 @@ class ServerHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol as ``python -m app`` runs it. It writes through a
     ``CoalescingTransport`` that it flushes when a response is complete, and it gives each
     request a ``ClientWatch``. Flushing there, rather than at the end of the loop's turn, sends
-    the response before the access log and the rest of the request's bookkeeping run: 0.2 ms
-    sooner for a lone request, measured here."""
+    the response before the access log and the rest of the request's bookkeeping run."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.coalescing = CoalescingTransport(transport, self.loop)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from app.backends.onnx.bundle import load_bundle
+from app.backends.onnx.model import OnnxModel
 from app.config import Settings
-from app.engine.bundle import load_bundle
-from app.engine.encoder import Encoder
-from app.engine.engine import EmbeddingEngine
-from app.engine.pooling import l2_normalize
+from app.core.engine import Engine
+from app.core.vectors import encode_now, l2_normalize
 
 
 def test_the_default_bundle_is_fp32_as_pytorch_computes_it(settings: Settings) -> None:
@@ -25,14 +25,14 @@ def test_the_default_bundle_is_fp32_as_pytorch_computes_it(settings: Settings) -
 
 
 def test_the_packed_graph_gives_pytorchs_vectors_in_any_company(
-    engine: EmbeddingEngine, reference: dict[str, Any]
+    engine: Engine, reference: dict[str, Any]
 ) -> None:
     # The export's check sentences run from empty to truncated at 256 tokens: one pass of all of
     # them is mostly padding in a padded graph, and none in the packed one.
-    assert engine.encoder.packed
+    assert isinstance(engine.model, OnnxModel) and engine.model.packed
     expected = l2_normalize(np.asarray(reference["embeddings"], dtype=np.float32))
-    together = engine.encoder.encode(reference["sentences"]).vectors
-    alone = np.vstack([engine.encoder.encode([s]).vectors for s in reference["sentences"]])
+    together = encode_now(engine.model, reference["sentences"])
+    alone = np.vstack([encode_now(engine.model, [s]) for s in reference["sentences"]])
     assert (together * expected).sum(axis=1).min() >= 0.9999
     assert np.allclose(together, alone, atol=1e-5)
 
@@ -62,18 +62,12 @@ def test_int8_is_its_own_bundle_and_keeps_stsb(
     checks = bundle.manifest["verification"]
     assert checks["stsb_spearman"] >= 0.815 and checks["worst_cosine_to_fp32"] >= 0.95
     assert bundle.model_path.stat().st_size < 30e6  # a quarter of fp32's 90 MB
-    encoder = Encoder.load(bundle)
+    encoder = OnnxModel.load(bundle)
     left = np.vstack(
-        [
-            encoder.encode([a for _, a, _ in stsb[i : i + 64]]).vectors
-            for i in range(0, len(stsb), 64)
-        ]
+        [encode_now(encoder, [a for _, a, _ in stsb[i : i + 64]]) for i in range(0, len(stsb), 64)]
     )
     right = np.vstack(
-        [
-            encoder.encode([b for _, _, b in stsb[i : i + 64]]).vectors
-            for i in range(0, len(stsb), 64)
-        ]
+        [encode_now(encoder, [b for _, _, b in stsb[i : i + 64]]) for i in range(0, len(stsb), 64)]
     )
     rho = spearmanr([g for g, _, _ in stsb], (left * right).sum(axis=1)).statistic
     assert rho >= 0.815

@@ -1,4 +1,6 @@
-"""Pooling, normalisation and similarity: pure NumPy functions of the model's outputs."""
+"""Pooling: one vector per row from the graph's token vectors, in pure NumPy.
+
+Normalisation is not done here but in the core (``app.core.vectors``), once per request."""
 
 from __future__ import annotations
 
@@ -36,22 +38,3 @@ def pool(mode: PoolingMode, hidden: Floats, mask: Ints) -> Floats:
     if mode == "cls":
         return cls_pool(hidden, mask)
     raise ValueError(f"unsupported pooling mode {mode!r}")
-
-
-def l2_normalize(x: Floats) -> Floats:
-    """Scale each row to unit length; an all-zero row stays zero."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit: Floats = (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-    return unit
-
-
-def cosine(source: Floats, targets: Floats) -> Floats:
-    """Cosine similarity of one vector (dim,) with each row of ``targets`` (n, dim)."""
-    s = source / max(float(np.linalg.norm(source)), 1e-12)
-    scores: Floats = (l2_normalize(targets) @ s).astype(np.float32, copy=False)
-    return scores
-
-
-def shorten(x: Floats, dimensions: int) -> Floats:
-    """Matryoshka: keep the first ``dimensions`` components of each row, then re-normalise."""
-    return l2_normalize(np.ascontiguousarray(x[:, :dimensions]))

@@ -1,0 +1,1 @@
+"""The runtimes behind ``app.core.model.Model``: each turns an exported bundle into a model."""

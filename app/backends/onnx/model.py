@@ -1,0 +1,128 @@
+"""``OnnxModel``: a bundle served with onnxruntime, behind the core's ``Model`` protocol.
+
+It tokenizes with the bundle's fast tokenizer and runs one pass over rows, padded
+(rows x width) or packed (the rows' tokens end to end; ``packing``), as the graph's declared
+inputs say, then pools the token vectors into one vector per row. Vectors leave here
+unnormalised: the core normalises them once, as each request asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding
+
+from app.backends.onnx.bundle import Bundle
+from app.backends.onnx.packing import PACKED_INPUT, PACKED_INPUTS, pack, pool_packed
+from app.backends.onnx.pooling import pool
+from app.backends.onnx.session import create_session
+from app.backends.onnx.tokenizer import TextTokenizer
+from app.core.model import Floats, ModelInfo, ModelKind, Row
+from app.errors import StartupError
+
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class OnnxModel:
+    """One dense bundle on one onnxruntime session."""
+
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+        if bundle.kind != ModelKind.DENSE:
+            raise StartupError(
+                f"model bundle {bundle.path} is a {bundle.kind} model; this version serves "
+                "dense models only"
+            )
+        self.bundle = bundle
+        self.session = session
+        self.provider: str = session.get_providers()[0]
+        self._feed_names = [i.name for i in session.get_inputs()]
+        # The graph says how it takes a pass: padded (rows x width) or packed, and the feed is
+        # built for the names it declares.
+        self.packed = PACKED_INPUT in self._feed_names
+        unknown = set(self._feed_names) - set(PACKED_INPUTS if self.packed else KNOWN_INPUTS)
+        if unknown:
+            raise StartupError(
+                f"{bundle.model_path} takes inputs {sorted(unknown)} that a text encoder does "
+                "not feed; export a sentence-transformers model with scripts/export_onnx.py"
+            )
+        self._output = [bundle.output_name]
+        self.tokenizer = TextTokenizer(bundle.tokenizer_path, bundle.max_seq_length)
+        self._info = ModelInfo(
+            id=bundle.id,
+            kind=bundle.kind,
+            width=bundle.dimension,
+            max_seq_length=bundle.max_seq_length,
+            vocab_size=self.tokenizer.vocab_size,
+            variant=bundle.variant,
+            runtime=self.provider,
+            normalize=bundle.normalize,
+            created=_unix_time(bundle.manifest.get("exported_at")),
+            details={"pooling": bundle.pooling},
+        )
+
+    @classmethod
+    def load(
+        cls,
+        bundle: Bundle,
+        *,
+        device: str = "cpu",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ) -> OnnxModel:
+        """Open the bundle's model on ``device`` and its tokenizer."""
+        session = create_session(
+            str(bundle.model_path),
+            device=device,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+        )
+        return cls(bundle, session)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[Encoding]:
+        return self.tokenizer.tokenize(texts, truncate=truncate)
+
+    def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, truncate: bool) -> list[Encoding]:
+        return self.tokenizer.pairs(pairs, truncate=truncate)
+
+    def inspect(self, texts: Sequence[str]) -> list[Encoding]:
+        return self.tokenizer.whole(texts)
+
+    def run(self, rows: Sequence[Row]) -> Floats:
+        """One pass over ``rows``, pooled; vectors are not normalised."""
+        if self.packed:
+            packed = pack(rows)
+            feed = {name: packed.feed[name] for name in self._feed_names}
+            hidden = self.session.run(self._output, feed)[0]
+            return pool_packed(self.bundle.pooling, hidden.astype(np.float32, copy=False), packed)
+        width = max(len(row.ids) for row in rows)
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros_like(ids)
+        mask = np.zeros_like(ids)
+        for index, row in enumerate(rows):
+            n = len(row.ids)
+            ids[index, :n] = row.ids
+            types[index, :n] = row.type_ids
+            mask[index, :n] = 1
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = {name: arrays[name] for name in self._feed_names}
+        hidden = self.session.run(self._output, feed)[0]
+        return pool(self.bundle.pooling, hidden.astype(np.float32, copy=False), mask)
+
+    def close(self) -> None:
+        """The session is freed with the model; nothing to do before."""
+
+
+def _unix_time(timestamp: object) -> int:
+    if not isinstance(timestamp, str):
+        return 0
+    try:
+        return int(datetime.fromisoformat(timestamp).timestamp())
+    except ValueError:
+        return 0

@@ -1,0 +1,248 @@
+"""One served model as the API sees it: checks inputs, tokenizes, queues rows, awaits the outcome.
+
+It knows nothing of HTTP and nothing of the runtime: the model is reached through the ``Model``
+protocol. Bad input is refused here with a ``ServiceError`` before it can reach the model. Small
+requests are tokenized in place (a thread hop would cost more than the tokenizing), large ones in
+a tokenizer thread; passes run on the batcher's worker threads, so the event loop keeps
+accepting connections and answering ``/health`` while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from app.config import Settings
+from app.core.batcher import Batcher
+from app.core.model import Model, ModelInfo, Outcome, Row, TokenIds, TokenView
+from app.core.planner import PASS_OVERHEAD_TOKENS
+from app.core.threads import ThreadPlan
+from app.core.vectors import dot_scores, finisher
+from app.errors import (
+    InputTooLong,
+    InvalidParameter,
+    InvalidText,
+    InvalidTokenId,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+
+T = TypeVar("T")
+WARMUP_TEXTS = ["warm-up", "a slightly longer warm-up sentence for the second row"]
+INLINE_TOKENIZE_CHARS = 4096  # tokenizing this much takes well under a millisecond
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one request may ask for."""
+
+    max_inputs: int = 2048
+    max_input_chars: int = 100_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(max_inputs=settings.max_inputs, max_input_chars=settings.max_input_chars)
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How rows are grouped into forward passes, and how long they may wait."""
+
+    max_batch_tokens: int = 8192
+    max_batch_rows: int = 64
+    max_queue_tokens: int = 65536
+    max_wait_s: float = 0.0
+    request_timeout_s: float = 30.0
+    workers: int = 1  # forward passes run at once
+    pass_overhead_tokens: int = PASS_OVERHEAD_TOKENS  # a pass's fixed cost, for the planner
+
+    @classmethod
+    def from_settings(cls, settings: Settings, plan: ThreadPlan) -> Batching:
+        return cls(
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_rows=settings.max_batch_rows,
+            max_queue_tokens=settings.max_queue_tokens,
+            max_wait_s=settings.max_wait_ms / 1000,
+            request_timeout_s=settings.request_timeout_s,
+            workers=plan.workers,
+            pass_overhead_tokens=plan.pass_overhead_tokens,
+        )
+
+
+def check_count(count: int, limits: Limits) -> None:
+    """Refuse a request with more inputs than ``EMBED_MAX_INPUTS``."""
+    if count > limits.max_inputs:
+        raise PayloadTooLarge(
+            f"{count} inputs in one request; the limit is {limits.max_inputs} (EMBED_MAX_INPUTS)"
+        )
+
+
+def check_texts(texts: Sequence[str], limits: Limits) -> None:
+    """Refuse what must not reach the model: too many inputs, too long, not encodable."""
+    check_count(len(texts), limits)
+    for index, text in enumerate(texts):
+        if len(text) > limits.max_input_chars:
+            raise PayloadTooLarge(
+                f"input {index} has {len(text)} characters; the limit is "
+                f"{limits.max_input_chars} (EMBED_MAX_INPUT_CHARS)"
+            )
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidText(
+                    f"input {index} is not valid Unicode text: {exc.reason} at position {exc.start}"
+                ) from None
+
+
+class Engine:
+    """Serves one model; every public coroutine is safe to await from any request."""
+
+    def __init__(
+        self,
+        model: Model,
+        limits: Limits | None = None,
+        batching: Batching | None = None,
+        *,
+        cores: threading.Semaphore | None = None,
+    ) -> None:
+        self.model = model
+        self.info: ModelInfo = model.info
+        self.limits = limits or Limits()
+        self.batching = batching or Batching()
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        max_tokens = self.batching.max_batch_tokens
+        if self.info.max_pass_tokens is not None:
+            max_tokens = min(max_tokens, self.info.max_pass_tokens)
+        self._batcher = Batcher(
+            model,
+            max_batch_tokens=max_tokens,
+            max_batch_rows=self.batching.max_batch_rows,
+            max_queue_tokens=self.batching.max_queue_tokens,
+            max_wait_s=self.batching.max_wait_s,
+            workers=self.batching.workers,
+            pass_overhead_tokens=self.batching.pass_overhead_tokens,
+            cores=cores,
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self.info.id
+
+    def warm_up(self) -> None:
+        """Run the model once so that the first request does not pay for lazy initialisation."""
+        self.model.run(self.model.tokenize(WARMUP_TEXTS, truncate=True))
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+        dimensions: int | None = None,
+    ) -> Outcome:
+        """Vectors for ``texts`` in input order (the first ``dimensions`` components of each, if
+        given), and the tokens each one fed the model.
+
+        Raises ``Overloaded`` at once when the queue is full, and ``RequestTimeout`` when the
+        answer is not there within ``request_timeout_s``; either way the rows are dropped.
+        """
+        started = time.perf_counter()
+        self._check_dimensions(dimensions)
+        check_texts(texts, self.limits)
+        rows = await self._off_loop(texts, lambda t: self.model.tokenize(t, truncate=truncate))
+        return await self._run(rows, normalize, dimensions, started)
+
+    async def embed_ids(
+        self,
+        rows: Sequence[Sequence[int]],
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+    ) -> Outcome:
+        """Vectors for inputs given as the model's own token ids, taken verbatim (no special
+        tokens added); an id outside the vocabulary or a row over the model's limit is a 422."""
+        started = time.perf_counter()
+        self._check_dimensions(dimensions)
+        check_count(len(rows), self.limits)
+        vocab, limit = self.info.vocab_size, self.info.max_seq_length
+        for index, ids in enumerate(rows):
+            if len(ids) > limit:
+                raise InputTooLong(
+                    f"input {index} has {len(ids)} token ids, more than the model's limit of "
+                    f"{limit}; token ids are taken verbatim, so shorten them"
+                )
+            bad = next((i for i in ids if not 0 <= i < vocab), None)
+            if bad is not None:
+                raise InvalidTokenId(
+                    f"input {index} holds token id {bad}, outside the vocabulary of "
+                    f"{self.model_id} (0 to {vocab - 1})"
+                )
+        return await self._run(
+            [TokenIds(list(ids)) for ids in rows], normalize, dimensions, started
+        )
+
+    async def similarity(
+        self, source: str, targets: Sequence[str], *, truncate: bool = True
+    ) -> Outcome:
+        """The cosine similarity of ``source`` with each target, in order, as the outcome's
+        values; its token counts cover the source and every target."""
+        embedded = await self.embed([source, *targets], normalize=True, truncate=truncate)
+        scores = dot_scores(embedded.values[0], embedded.values[1:])
+        return replace(embedded, values=scores)
+
+    async def tokenize(self, texts: Sequence[str]) -> Sequence[TokenView]:
+        """Each text's whole tokenization, nothing cut off (more ids than ``max_seq_length``
+        means an embedding would truncate it)."""
+        check_texts(texts, self.limits)
+        return await self._off_loop(texts, self.model.inspect)
+
+    def close(self) -> None:
+        """Finish the queued work, then stop the threads and free the model."""
+        self._batcher.stop()
+        self._tokenizer_thread.shutdown(wait=True)
+        self.model.close()
+
+    def _check_dimensions(self, dimensions: int | None) -> None:
+        if dimensions is not None and not 1 <= dimensions <= self.info.width:
+            raise InvalidParameter(
+                f"dimensions must be between 1 and {self.info.width} for {self.model_id}; "
+                f"got {dimensions}",
+                param="dimensions",
+            )
+
+    async def _run(
+        self, rows: Sequence[Row], normalize: bool, dimensions: int | None, started: float
+    ) -> Outcome:
+        cut = dimensions if dimensions is not None and dimensions < self.info.width else None
+        future = self._batcher.submit(rows, finisher(normalize=normalize, dimensions=cut))
+        remaining = self.batching.request_timeout_s - (time.perf_counter() - started)
+        # A timer on the future itself rather than asyncio.wait_for, which costs a task step and
+        # two futures per request on the hot path. A future that times out is done, so the
+        # batcher drops its rows before inference.
+        timer = asyncio.get_running_loop().call_later(max(remaining, 0.0), self._expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[Outcome]) -> None:
+        if not future.done():
+            future.set_exception(
+                RequestTimeout(
+                    f"no answer within {self.batching.request_timeout_s:g} s "
+                    "(EMBED_REQUEST_TIMEOUT_S); the server is busy, retry later"
+                )
+            )
+
+    async def _off_loop(self, texts: Sequence[str], work: Callable[[Sequence[str]], T]) -> T:
+        """``work(texts)``: in place when small, in the tokenizer thread when large."""
+        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+            return work(texts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_thread, work, texts)

@@ -1,0 +1,48 @@
+"""What happens to a dense model's vectors after the pass: the one place they are normalised.
+
+A request asks for its vectors whole or cut to their first ``dimensions`` components
+(Matryoshka), unit length or not. ``finisher`` makes the one function that does both, in that
+order, so a cut vector is normalised once, after the cut. ``/similarity`` takes unit vectors
+from here and needs only a dot product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from app.core.model import Floats, Model
+
+Finish = Callable[[Floats], Floats]
+
+
+def l2_normalize(x: Floats) -> Floats:
+    """Scale each row to unit length; an all-zero row stays zero."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit: Floats = (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return unit
+
+
+def finisher(*, normalize: bool, dimensions: int | None = None) -> Finish | None:
+    """The post-processing a request asked for, or ``None`` for the vectors as they are."""
+    if dimensions is None:
+        return l2_normalize if normalize else None
+
+    def finish(x: Floats) -> Floats:
+        cut = np.ascontiguousarray(x[:, :dimensions])
+        return l2_normalize(cut) if normalize else cut
+
+    return finish
+
+
+def dot_scores(source: Floats, targets: Floats) -> Floats:
+    """Each row of ``targets`` dotted with ``source``: the cosine, for unit vectors."""
+    scores: Floats = (targets @ source).astype(np.float32, copy=False)
+    return scores
+
+
+def encode_now(model: Model, texts: Sequence[str]) -> Floats:
+    """Unit vectors for ``texts`` in one pass, synchronously: for scripts and tests that check a
+    model outside the service (the service goes through the engine and its batcher)."""
+    return l2_normalize(model.run(model.tokenize(texts, truncate=True)))

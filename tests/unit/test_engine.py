@@ -1,0 +1,109 @@
+"""The engine's checks and post-processing, on a model that costs nothing: limits, token ids,
+truncation, dimensions, normalisation in one place, similarity."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.core.engine import Engine, Limits
+from app.errors import (
+    InputTooLong,
+    InvalidParameter,
+    InvalidText,
+    InvalidTokenId,
+    PayloadTooLarge,
+)
+from tests.fakes import VOCAB, FakeModel
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    served = Engine(FakeModel(max_seq_length=8), Limits(max_inputs=4, max_input_chars=100))
+    yield served
+    served.close()
+
+
+def model_of(engine: Engine) -> FakeModel:
+    assert isinstance(engine.model, FakeModel)
+    return engine.model
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+@pytest.mark.parametrize(
+    ("texts", "error", "says"),
+    [
+        (["a"] * 5, PayloadTooLarge, "EMBED_MAX_INPUTS"),
+        (["a" * 101], PayloadTooLarge, "EMBED_MAX_INPUT_CHARS"),
+        (["fine", "bad \ud800"], InvalidText, "input 1"),
+    ],
+)
+def test_what_must_not_reach_the_model_is_refused(
+    engine: Engine, texts: list[str], error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=says):
+        run(engine.embed(texts))
+    assert model_of(engine).passes == []
+
+
+def test_truncation_cuts_to_the_limit_and_its_absence_refuses(engine: Engine) -> None:
+    long = "one two three four five six seven eight nine"
+    outcome = run(engine.embed([long]))
+    assert outcome.token_counts == [8]
+    with pytest.raises(InputTooLong):
+        run(engine.embed([long], truncate=False))
+
+
+def test_token_ids_are_checked_against_the_vocabulary_and_the_limit(engine: Engine) -> None:
+    assert run(engine.embed_ids([[5, 6, 7]])).token_counts == [3]
+    with pytest.raises(InvalidTokenId, match=f"0 to {VOCAB - 1}"):
+        run(engine.embed_ids([[5], [VOCAB]]))
+    with pytest.raises(InputTooLong, match="verbatim"):
+        run(engine.embed_ids([[5] * 9]))
+
+
+def test_vectors_are_unit_length_or_raw_as_asked(engine: Engine) -> None:
+    model = model_of(engine)
+    unit = run(engine.embed(["a cat sat"])).values
+    raw = run(engine.embed(["a cat sat"], normalize=False)).values
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
+    assert np.allclose(raw, model.vectors(model.tokenize(["a cat sat"], truncate=True)))
+
+
+def test_dimensions_cut_first_and_normalise_once(engine: Engine) -> None:
+    model = model_of(engine)
+    raw = model.vectors(model.tokenize(["a cat sat"], truncate=True))[:, :3]
+    cut = run(engine.embed(["a cat sat"], dimensions=3)).values
+    assert cut.shape == (1, 3)
+    assert np.allclose(cut, raw / np.linalg.norm(raw), atol=1e-6)
+    assert run(engine.embed(["a cat sat"], dimensions=8)).values.shape == (1, 8)
+    for wrong in (0, 9):
+        with pytest.raises(InvalidParameter, match="between 1 and 8"):
+            run(engine.embed(["a cat sat"], dimensions=wrong))
+
+
+def test_similarity_is_the_cosine_of_the_two_vectors(engine: Engine) -> None:
+    model = model_of(engine)
+    outcome = run(engine.similarity("a cat", ["a cat", "the dog barks", "a cat sat"]))
+    vectors = model.expected(["a cat", "a cat", "the dog barks", "a cat sat"])
+    assert np.allclose(outcome.values, vectors[1:] @ vectors[0], atol=1e-6)
+    assert outcome.values[0] == pytest.approx(1.0, abs=1e-6)
+    assert outcome.token_counts == [4, 4, 5, 5]
+
+
+def test_tokenize_shows_the_whole_text(engine: Engine) -> None:
+    long = "one two three four five six seven eight nine"
+    (view,) = run(engine.tokenize([long]))
+    assert len(view.ids) == 11 and view.tokens[1] == "one" and view.offsets[1] == (0, 3)
+
+
+def test_closing_the_engine_frees_the_model(engine: Engine) -> None:
+    engine.close()
+    assert model_of(engine).closed
