@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     pass_overhead_tokens: int = Field(
         default=0, ge=0, description="a pass's fixed cost in tokens; 0: 8 per thread (32 on CUDA)"
     )
+    max_sparse_pass_tokens: int = Field(
+        default=2048,
+        ge=64,
+        description="padded tokens in one pass of a sparse model, whose graph holds tokens x "
+        "vocabulary logits before the max (2,048 x 30,522 floats: 250 MB)",
+    )
     max_queue_tokens: int = Field(default=65536, ge=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     request_timeout_s: float = Field(default=30.0, gt=0)

@@ -7,6 +7,7 @@ decides a status code. The tree::
     ServiceError
     ├── InvalidJSON          400  body is not JSON, or not valid UTF-8
     ├── InvalidParameter     400  a value out of range for this model (``dimensions``)
+    ├── WrongModelKind       400  a route for one kind of model called on another kind
     ├── InvalidApiKey        401  no API key, or a wrong one, when EMBED_API_KEYS is set
     ├── ValidationFailed     422  field missing, wrong type, unknown field, empty list
     ├── InvalidText          422  text that cannot be encoded (a lone surrogate)
@@ -40,6 +41,7 @@ class ErrorCode(StrEnum):
 
     INVALID_JSON = "invalid_json"
     INVALID_PARAMETER = "invalid_parameter"
+    WRONG_MODEL_KIND = "wrong_model_kind"
     INVALID_API_KEY = "invalid_api_key"
     VALIDATION_ERROR = "validation_error"
     INVALID_TEXT = "invalid_text"
@@ -70,6 +72,7 @@ _UNAVAILABLE = "service_unavailable"
 ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.INVALID_JSON: ErrorRow(400, _INVALID),
     ErrorCode.INVALID_PARAMETER: ErrorRow(400, _INVALID),
+    ErrorCode.WRONG_MODEL_KIND: ErrorRow(400, _INVALID),
     ErrorCode.INVALID_API_KEY: ErrorRow(401, "authentication_error"),
     ErrorCode.VALIDATION_ERROR: ErrorRow(422, _INVALID),
     ErrorCode.INVALID_TEXT: ErrorRow(422, _INVALID),
@@ -122,6 +125,16 @@ class InvalidParameter(ServiceError):
     def __init__(self, message: str, param: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+class WrongModelKind(ServiceError):
+    """A dense route called on a sparse model, or the other way round; names the right route."""
+
+    code = ErrorCode.WRONG_MODEL_KIND
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.param = "model"
 
 
 class InvalidApiKey(ServiceError):

@@ -58,6 +58,7 @@ def load_model(settings: Settings, path: Path, plan: ThreadPlan | None = None) -
         device=settings.device,
         intra_op_threads=plan.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
+        max_sparse_pass_tokens=settings.max_sparse_pass_tokens,
     )
 
 

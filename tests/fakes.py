@@ -59,10 +59,17 @@ def tokenize_one(text: str) -> FakeRow:
 class FakeModel:
     """See the module's docstring. ``passes`` records each pass's rows by their first word."""
 
-    def __init__(self, *, width: int = 8, max_seq_length: int = 32, name: str = "fake") -> None:
+    def __init__(
+        self,
+        *,
+        width: int = 8,
+        max_seq_length: int = 32,
+        name: str = "fake",
+        kind: ModelKind = ModelKind.DENSE,
+    ) -> None:
         self._info = ModelInfo(
             id=name,
-            kind=ModelKind.DENSE,
+            kind=kind,
             width=width,
             max_seq_length=max_seq_length,
             vocab_size=VOCAB,
@@ -94,6 +101,9 @@ class FakeModel:
 
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, truncate: bool) -> list[FakeRow]:
         return self.tokenize([f"{a} [SEP] {b}" for a, b in pairs], truncate=truncate)
+
+    def id_to_token(self, ids: Sequence[int]) -> list[str]:
+        return [f"tok{i}" for i in ids]
 
     def inspect(self, texts: Sequence[str]) -> list[FakeRow]:
         return [tokenize_one(text) for text in texts]

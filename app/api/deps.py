@@ -6,8 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.core.engine import Engine
+from app.core.model import ModelKind
 from app.core.registry import ModelRegistry
-from app.errors import NotReady
+from app.errors import NotReady, WrongModelKind
 
 
 async def get_models(request: Request) -> ModelRegistry:
@@ -23,3 +25,22 @@ async def get_models(request: Request) -> ModelRegistry:
 
 
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
+
+ROUTES_FOR: dict[ModelKind, str] = {
+    ModelKind.DENSE: "/embed, /similarity or /v1/embeddings",
+    ModelKind.SPARSE: "/embed_sparse",
+    ModelKind.RERANK: "/rerank",
+}
+
+
+def engine_for(models: ModelRegistry, model: str | None, kind: ModelKind) -> Engine:
+    """The engine serving ``model``, which must be of ``kind``; else ``WrongModelKind`` naming
+    the routes that do serve it."""
+    engine = models.get(model)
+    served = engine.info.kind
+    if served != kind:
+        raise WrongModelKind(
+            f"{engine.model_id} is a {served} model, which this route does not serve; "
+            f"send it to {ROUTES_FOR[served]}"
+        )
+    return engine

@@ -52,7 +52,7 @@ class OutcomeResponse(FastJSONResponse):
         await send({"type": "http.response.body", "body": self.body})
 
 
-def outcome_response(content: dict[str, Any], outcome: Outcome) -> OutcomeResponse:
+def outcome_response(content: dict[str, Any], outcome: Outcome[Any]) -> OutcomeResponse:
     """The response for ``content``, which ``outcome`` produced: timing headers, metrics and the
     access-log fields all come from that one value."""
     inputs, tokens = len(outcome.token_counts), outcome.tokens
@@ -85,6 +85,6 @@ def open_series(models: Iterable[str]) -> None:
         _counters(model)
 
 
-def usage(outcome: Outcome) -> dict[str, int]:
+def usage(outcome: Outcome[Any]) -> dict[str, int]:
     """OpenAI's ``usage`` object: every token fed to the model counts as a prompt token."""
     return {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens}

@@ -52,6 +52,41 @@ class EmbedResponse(BaseModel):
     usage: Usage
 
 
+class SparseEmbedRequest(StrictModel):
+    inputs: str | NonEmptyTexts = Field(
+        description="One text, or a list of texts; each gets one sparse vector, in input order.",
+        examples=["What is the capital of France?"],
+    )
+    model: ModelField = None
+    truncate: bool = Field(
+        default=True,
+        description="Cut inputs longer than the model's limit; when false they are a 422.",
+    )
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep at most this many entries per input, the highest (after threshold).",
+    )
+    threshold: float = Field(
+        default=0.0, ge=0.0, description="Keep entries whose value is above this."
+    )
+    return_tokens: bool = Field(default=False, description="Give each entry its token too.")
+
+
+class SparseEntry(BaseModel):
+    index: int = Field(description="The vocabulary id.")
+    value: float
+    token: str | None = Field(default=None, description="With return_tokens: the token.")
+
+
+class SparseEmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[SparseEntry]] = Field(
+        description="Per input, its entries, highest value first (ties by index)."
+    )
+    usage: Usage
+
+
 class SimilarityRequest(StrictModel):
     source: str = Field(examples=["A man is playing a guitar."])
     targets: NonEmptyTexts = Field(
@@ -132,6 +167,7 @@ class OpenAIModel(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    kind: Literal["dense", "sparse", "rerank"] = Field(description="What the model returns.")
 
 
 class OpenAIModelList(BaseModel):

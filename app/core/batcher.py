@@ -24,8 +24,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 
@@ -46,9 +47,10 @@ class Job:
     rows: Sequence[Row]
     lengths: list[int]
     finish: Finish | None  # what the request asked done to its rows once all are there
-    future: asyncio.Future[Outcome]
+    keep: Callable[[Floats], Any] | None  # what to keep of each row, as it comes (sparse)
+    future: asyncio.Future[Outcome[Any]]
     loop: asyncio.AbstractEventLoop
-    outputs: Floats
+    outputs: Floats | list[Any]
     enqueued: float = field(default_factory=time.perf_counter)
     queue_s: float = 0.0  # from arrival to the first pass that holds one of its rows
     inference_s: float = 0.0
@@ -62,7 +64,7 @@ class Job:
         return self.failed or self.future.done()
 
 
-Settled = tuple[Job, Outcome | BaseException]
+Settled = tuple[Job, Outcome[Any] | BaseException]
 
 
 def _settle(outcomes: list[Settled]) -> None:
@@ -135,19 +137,27 @@ class Batcher:
         for thread in self._workers:
             thread.start()
 
-    def submit(self, rows: Sequence[Row], finish: Finish | None) -> asyncio.Future[Outcome]:
+    def submit(
+        self,
+        rows: Sequence[Row],
+        finish: Finish | None,
+        keep: Callable[[Floats], Any] | None = None,
+    ) -> asyncio.Future[Outcome[Any]]:
         """Queue one request's rows; ``Overloaded`` at once when the queue is full. The future
-        gets the request's ``Outcome``, its rows passed through ``finish``."""
+        gets the request's ``Outcome``: its rows in one array passed through ``finish``, or, with
+        ``keep``, a list of what ``keep`` made of each row as its pass ended."""
         loop = asyncio.get_running_loop()
         lengths = [len(row.ids) for row in rows]
         tokens = sum(lengths)
+        width = self.model.info.width
         job = Job(
             rows=rows,
             lengths=lengths,
             finish=finish,
+            keep=keep,
             future=loop.create_future(),
             loop=loop,
-            outputs=np.empty((len(rows), self.model.info.width), np.float32),
+            outputs=[None] * len(rows) if keep else np.empty((len(rows), width), np.float32),
         )
         with self._cond:
             if self._stopping:
@@ -272,10 +282,11 @@ class Batcher:
             job.inference_s += elapsed
         finished: list[Settled] = []
         for (job, row), output in zip(rows, outputs, strict=True):
-            job.outputs[row] = output
+            job.outputs[row] = job.keep(output) if job.keep else output
             job.done += 1
             if job.done == len(job.lengths):
-                values = job.finish(job.outputs) if job.finish else job.outputs
+                kept = job.outputs
+                values = job.finish(cast(Floats, kept)) if job.finish else kept
                 outcome = Outcome(self.model_id, values, job.lengths, job.queue_s, job.inference_s)
                 finished.append((job, outcome))
         _deliver(finished)

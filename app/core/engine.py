@@ -15,14 +15,24 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.config import Settings
 from app.core.batcher import Batcher
-from app.core.model import Model, ModelInfo, Outcome, Row, TokenIds, TokenView
+from app.core.model import (
+    Floats,
+    Model,
+    ModelInfo,
+    ModelKind,
+    Outcome,
+    Row,
+    SparseVector,
+    TokenIds,
+    TokenView,
+)
 from app.core.planner import PASS_OVERHEAD_TOKENS
 from app.core.threads import ThreadPlan
-from app.core.vectors import dot_scores, finisher
+from app.core.vectors import dot_scores, finisher, sparse_pruner
 from app.errors import (
     InputTooLong,
     InvalidParameter,
@@ -30,6 +40,7 @@ from app.errors import (
     InvalidTokenId,
     PayloadTooLarge,
     RequestTimeout,
+    WrongModelKind,
 )
 
 T = TypeVar("T")
@@ -145,7 +156,7 @@ class Engine:
         normalize: bool = True,
         truncate: bool = True,
         dimensions: int | None = None,
-    ) -> Outcome:
+    ) -> Outcome[Floats]:
         """Vectors for ``texts`` in input order (the first ``dimensions`` components of each, if
         given), and the tokens each one fed the model.
 
@@ -153,10 +164,35 @@ class Engine:
         answer is not there within ``request_timeout_s``; either way the rows are dropped.
         """
         started = time.perf_counter()
+        self.require(ModelKind.DENSE)
         self._check_dimensions(dimensions)
         check_texts(texts, self.limits)
         rows = await self._off_loop(texts, lambda t: self.model.tokenize(t, truncate=truncate))
         return await self._run(rows, normalize, dimensions, started)
+
+    async def embed_sparse(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool = True,
+        threshold: float = 0.0,
+        top_k: int | None = None,
+    ) -> Outcome[list[SparseVector]]:
+        """A sparse model's vector for each text, in input order: the entries above
+        ``threshold``, highest first, at most ``top_k`` of them."""
+        started = time.perf_counter()
+        self.require(ModelKind.SPARSE)
+        check_texts(texts, self.limits)
+        rows = await self._off_loop(texts, lambda t: self.model.tokenize(t, truncate=truncate))
+        keep = sparse_pruner(threshold=threshold, top_k=top_k)
+        return await self._await(self._batcher.submit(rows, None, keep), started)
+
+    def require(self, kind: ModelKind) -> None:
+        """Refuse, with ``WrongModelKind``, work that this model's kind does not do."""
+        if self.info.kind != kind:
+            raise WrongModelKind(
+                f"{self.model_id} is a {self.info.kind} model; this route serves {kind} models"
+            )
 
     async def embed_ids(
         self,
@@ -164,10 +200,11 @@ class Engine:
         *,
         normalize: bool = True,
         dimensions: int | None = None,
-    ) -> Outcome:
+    ) -> Outcome[Floats]:
         """Vectors for inputs given as the model's own token ids, taken verbatim (no special
         tokens added); an id outside the vocabulary or a row over the model's limit is a 422."""
         started = time.perf_counter()
+        self.require(ModelKind.DENSE)
         self._check_dimensions(dimensions)
         check_count(len(rows), self.limits)
         vocab, limit = self.info.vocab_size, self.info.max_seq_length
@@ -189,7 +226,7 @@ class Engine:
 
     async def similarity(
         self, source: str, targets: Sequence[str], *, truncate: bool = True
-    ) -> Outcome:
+    ) -> Outcome[Floats]:
         """The cosine similarity of ``source`` with each target, in order, as the outcome's
         values; its token counts cover the source and every target."""
         embedded = await self.embed([source, *targets], normalize=True, truncate=truncate)
@@ -218,9 +255,13 @@ class Engine:
 
     async def _run(
         self, rows: Sequence[Row], normalize: bool, dimensions: int | None, started: float
-    ) -> Outcome:
+    ) -> Outcome[Floats]:
         cut = dimensions if dimensions is not None and dimensions < self.info.width else None
         future = self._batcher.submit(rows, finisher(normalize=normalize, dimensions=cut))
+        return await self._await(future, started)
+
+    async def _await(self, future: asyncio.Future[Outcome[Any]], started: float) -> Outcome[Any]:
+        """The outcome, or ``RequestTimeout`` once the request's deadline has passed."""
         remaining = self.batching.request_timeout_s - (time.perf_counter() - started)
         # A timer on the future itself rather than asyncio.wait_for, which costs a task step and
         # two futures per request on the hot path. A future that times out is done, so the
@@ -231,7 +272,7 @@ class Engine:
         finally:
             timer.cancel()
 
-    def _expire(self, future: asyncio.Future[Outcome]) -> None:
+    def _expire(self, future: asyncio.Future[Outcome[Any]]) -> None:
         if not future.done():
             future.set_exception(
                 RequestTimeout(

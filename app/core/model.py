@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 Floats = NDArray[np.float32]
+V = TypeVar("V")
 
 
 class ModelKind(StrEnum):
@@ -64,6 +65,14 @@ class TokenIds:
 
 
 @dataclass(frozen=True, slots=True)
+class SparseVector:
+    """A sparse model's vector: its entries, highest value first (ties by index)."""
+
+    indices: NDArray[np.int32]
+    values: Floats
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What the core and the API need to know about a model; no runtime detail beyond names."""
 
@@ -101,6 +110,10 @@ class Model(Protocol):
         """Each text's whole tokenization, nothing cut off."""
         ...
 
+    def id_to_token(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary's token for each id (a sparse vector's entries, by name)."""
+        ...
+
     def run(self, rows: Sequence[Row]) -> Floats:
         """One forward pass: ``(len(rows), info.width)`` float32, row i for ``rows[i]``."""
         ...
@@ -111,16 +124,16 @@ class Model(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(Generic[V]):
     """What a request got from the engine: its values, in input order, and how it got them.
 
-    ``values`` is one row per input (vectors), or one score per target for ``similarity``. The
-    route builds the response body, the timing headers, the metrics and the access-log fields
-    from this one value.
+    ``values`` is one row per input (vectors), one score per target for ``similarity``, or one
+    ``SparseVector`` per input for a sparse model. The route builds the response body, the
+    timing headers, the metrics and the access-log fields from this one value.
     """
 
     model: str
-    values: Floats
+    values: V
     token_counts: list[int]
     queue_s: float = 0.0  # from arrival in the queue to the first forward pass
     inference_s: float = 0.0  # forward passes that held this request's rows

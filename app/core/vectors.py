@@ -1,4 +1,5 @@
-"""What happens to a dense model's vectors after the pass: the one place they are normalised.
+"""What happens to a model's rows after the pass: the one place vectors are normalised, and where
+a sparse model's rows are pruned.
 
 A request asks for its vectors whole or cut to their first ``dimensions`` components
 (Matryoshka), unit length or not. ``finisher`` makes the one function that does both, in that
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from app.core.model import Floats, Model
+from app.core.model import Floats, Model, SparseVector
 
 Finish = Callable[[Floats], Floats]
 
@@ -46,3 +47,19 @@ def encode_now(model: Model, texts: Sequence[str]) -> Floats:
     """Unit vectors for ``texts`` in one pass, synchronously: for scripts and tests that check a
     model outside the service (the service goes through the engine and its batcher)."""
     return l2_normalize(model.run(model.tokenize(texts, truncate=True)))
+
+
+def sparse_pruner(*, threshold: float, top_k: int | None) -> Callable[[Floats], SparseVector]:
+    """What a sparse request keeps of each row: its entries above ``threshold``, highest value
+    first (ties by index), at most ``top_k`` of them. Runs on the worker, row by row, so that a
+    request never holds a vocabulary-wide row per input."""
+
+    def prune(row: Floats) -> SparseVector:
+        kept = np.flatnonzero(row > threshold)
+        values = row[kept]
+        order = np.lexsort((kept, -values))
+        if top_k is not None:
+            order = order[:top_k]
+        return SparseVector(kept[order].astype(np.int32), np.ascontiguousarray(values[order]))
+
+    return prune

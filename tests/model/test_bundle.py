@@ -93,12 +93,19 @@ def test_the_export_writes_the_kind(settings: Settings) -> None:
     assert manifest.get("kind") == "dense", "a bundle from an older export: delete it and rebuild"
 
 
-@pytest.mark.parametrize(("kind", "says"), [("sparse", "dense models only"), ("nope", "knows")])
+@pytest.mark.parametrize(
+    ("kind", "pooling", "says"),
+    [
+        ("rerank", "none", "serves dense and sparse models only"),
+        ("sparse", "mean", "uses pooling mode 'mean'"),
+        ("nope", "mean", "knows"),
+    ],
+)
 def test_a_kind_this_version_does_not_serve_is_refused(
-    bundle_copy: Path, kind: str, says: str
+    bundle_copy: Path, kind: str, pooling: str, says: str
 ) -> None:
     manifest = json.loads((bundle_copy / "config.json").read_text())
-    manifest["kind"] = kind
+    manifest |= {"kind": kind, "pooling": pooling}
     (bundle_copy / "config.json").write_text(json.dumps(manifest))
     with pytest.raises(StartupError, match=says):
         OnnxModel.load(load_bundle(bundle_copy))

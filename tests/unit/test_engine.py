@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from app.core.engine import Engine, Limits
+from app.core.model import ModelKind
 from app.errors import (
     InputTooLong,
     InvalidParameter,
     InvalidText,
     InvalidTokenId,
     PayloadTooLarge,
+    WrongModelKind,
 )
 from tests.fakes import VOCAB, FakeModel
 
@@ -107,3 +109,36 @@ def test_tokenize_shows_the_whole_text(engine: Engine) -> None:
 def test_closing_the_engine_frees_the_model(engine: Engine) -> None:
     engine.close()
     assert model_of(engine).closed
+
+
+def test_each_kind_does_its_own_work_only() -> None:
+    dense = Engine(FakeModel())
+    sparse = Engine(FakeModel(kind=ModelKind.SPARSE, width=50))
+    try:
+        with pytest.raises(WrongModelKind, match="fake is a dense model"):
+            run(dense.embed_sparse(["a cat"]))
+        for work in (
+            sparse.embed(["a cat"]),
+            sparse.embed_ids([[5]]),
+            sparse.similarity("a", ["b"]),
+        ):
+            with pytest.raises(WrongModelKind, match="fake is a sparse model"):
+                run(work)
+    finally:
+        dense.close()
+        sparse.close()
+
+
+def test_sparse_rows_are_pruned_highest_first_by_threshold_then_top_k() -> None:
+    sparse = Engine(FakeModel(kind=ModelKind.SPARSE, width=50))
+    model = model_of(sparse)
+    raw = model.vectors(model.tokenize(["a cat sat on the mat"], truncate=True))[0]
+    try:
+        (full,) = run(sparse.embed_sparse(["a cat sat on the mat"])).values
+        assert sorted(full.indices.tolist()) == np.flatnonzero(raw > 0).tolist()
+        assert np.array_equal(full.values, raw[full.indices])
+        assert np.all(np.diff(full.values) <= 0)  # highest first
+        (cut,) = run(sparse.embed_sparse(["a cat sat on the mat"], threshold=0.1, top_k=3)).values
+        assert cut.indices.tolist() == [i for i in full.indices.tolist() if raw[i] > 0.1][:3]
+    finally:
+        sparse.close()

@@ -67,6 +67,7 @@ async def info(request: Request, models: ModelsDep) -> InfoResponse:
             "max_batch_tokens",
             "max_batch_rows",
             "max_queue_tokens",
+            "max_sparse_pass_tokens",
             "max_wait_ms",
             "request_timeout_s",
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import ModelsDep
+from app.api.deps import ModelsDep, engine_for
 from app.api.errors import EMBEDDING_ERRORS, error_responses
 from app.api.responses import OutcomeResponse, outcome_response, usage
 from app.api.schemas import (
@@ -22,7 +22,7 @@ from app.api.schemas import (
     OpenAIModelList,
 )
 from app.core.engine import Engine
-from app.core.model import Floats
+from app.core.model import Floats, ModelKind
 from app.errors import ErrorCode as C
 from app.transport.disconnect import unless_disconnected
 
@@ -40,7 +40,7 @@ async def create_embeddings(
 ) -> OutcomeResponse:
     """OpenAI's embeddings call. Texts longer than the model's limit are truncated (as
     ``/embed`` does by default); token-id inputs are taken verbatim and must fit."""
-    engine = models.get(body.model)
+    engine = engine_for(models, body.model, ModelKind.DENSE)
     inputs, dimensions = body.input, body.dimensions
     if isinstance(inputs, str):
         work = engine.embed([inputs], dimensions=dimensions)
@@ -94,6 +94,7 @@ async def get_model(model_id: str, models: ModelsDep) -> OpenAIModel:
 
 
 def _describe(engine: Engine) -> OpenAIModel:
+    info = engine.info
     return OpenAIModel(
-        id=engine.model_id, object="model", created=engine.info.created, owned_by=OWNER
+        id=info.id, object="model", created=info.created, owned_by=OWNER, kind=info.kind.value
     )

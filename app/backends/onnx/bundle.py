@@ -24,6 +24,10 @@ MANIFEST = "config.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 REFERENCE_FILE = "reference.json"
+POOLING_IN_GRAPH: dict[ModelKind, tuple[str, ...]] = {
+    ModelKind.SPARSE: ("splade",),  # the graph returns the pooled vector (scripts/sparse_graph.py)
+    ModelKind.RERANK: ("none",),
+}
 EXPORT_HINT = "build it with `make models` or `scripts/export_onnx.py --source <model>`"
 
 
@@ -35,13 +39,14 @@ class Bundle:
     path: Path
     kind: ModelKind
     dimension: int
-    pooling: PoolingMode
+    pooling: PoolingMode | str  # a PoolingMode for dense bundles; done in the graph otherwise
     normalize: bool
     max_seq_length: int
     input_names: tuple[str, ...]
     output_name: str
     variant: str
     manifest: dict[str, Any]
+    max_intra_op_threads: int | None = None  # a graph unsafe on more threads says so
 
     @property
     def model_path(self) -> Path:
@@ -82,22 +87,24 @@ def load_bundle(path: Path, *, verify_checksum: bool = True) -> Bundle:
             f"model bundle {path} is of kind {kind!r}; this service knows {', '.join(ModelKind)}"
         )
     pooling = manifest["pooling"]
-    if pooling not in SUPPORTED_POOLING:
+    supported = SUPPORTED_POOLING if kind == ModelKind.DENSE else POOLING_IN_GRAPH[ModelKind(kind)]
+    if pooling not in supported:
         raise StartupError(
-            f"model bundle {path} uses pooling mode {pooling!r}; this service supports "
-            f"{', '.join(SUPPORTED_POOLING)} only"
+            f"model bundle {path} ({kind}) uses pooling mode {pooling!r}; this service supports "
+            f"{', '.join(supported)} only"
         )
     return Bundle(
         id=path.name,
         path=path,
         kind=ModelKind(kind),
         dimension=int(manifest["dimension"]),
-        pooling=cast(PoolingMode, pooling),
+        pooling=cast(PoolingMode, pooling) if kind == ModelKind.DENSE else pooling,
         normalize=bool(manifest["normalize"]),
         max_seq_length=int(manifest["max_seq_length"]),
         input_names=tuple(manifest["inputs"]),
         output_name=str(manifest["output"]),
         variant=str(manifest.get("variant", "fp32")),
+        max_intra_op_threads=manifest.get("max_intra_op_threads"),
         manifest=manifest,
     )
 

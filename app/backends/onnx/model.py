@@ -8,8 +8,10 @@ unnormalised: the core normalises them once, as each request asks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -17,23 +19,34 @@ from tokenizers import Encoding
 
 from app.backends.onnx.bundle import Bundle
 from app.backends.onnx.packing import PACKED_INPUT, PACKED_INPUTS, pack, pool_packed
-from app.backends.onnx.pooling import pool
+from app.backends.onnx.pooling import PoolingMode, pool
 from app.backends.onnx.session import create_session
 from app.backends.onnx.tokenizer import TextTokenizer
 from app.core.model import Floats, ModelInfo, ModelKind, Row
 from app.errors import StartupError
 
+log = logging.getLogger(__name__)
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class OnnxModel:
-    """One dense bundle on one onnxruntime session."""
+SERVED_KINDS = (ModelKind.DENSE, ModelKind.SPARSE)
 
-    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
-        if bundle.kind != ModelKind.DENSE:
+
+class OnnxModel:
+    """One bundle on one onnxruntime session: a dense model, pooled here, or a sparse one,
+    pooled inside its graph."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        session: ort.InferenceSession,
+        *,
+        max_sparse_pass_tokens: int | None = None,
+    ) -> None:
+        if bundle.kind not in SERVED_KINDS:
             raise StartupError(
                 f"model bundle {bundle.path} is a {bundle.kind} model; this version serves "
-                "dense models only"
+                f"{' and '.join(SERVED_KINDS)} models only"
             )
         self.bundle = bundle
         self.session = session
@@ -60,8 +73,11 @@ class OnnxModel:
             runtime=self.provider,
             normalize=bundle.normalize,
             created=_unix_time(bundle.manifest.get("exported_at")),
+            # A sparse pass holds tokens x vocabulary logits before its max: cap its tokens.
+            max_pass_tokens=max_sparse_pass_tokens if bundle.kind == ModelKind.SPARSE else None,
             details={"pooling": bundle.pooling},
         )
+        self._pooled_in_graph = bundle.kind != ModelKind.DENSE
 
     @classmethod
     def load(
@@ -71,15 +87,26 @@ class OnnxModel:
         device: str = "cpu",
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
+        max_sparse_pass_tokens: int | None = None,
     ) -> OnnxModel:
-        """Open the bundle's model on ``device`` and its tokenizer."""
+        """Open the bundle's model on ``device`` and its tokenizer. A bundle whose graph is
+        unsafe on more threads (its manifest's ``max_intra_op_threads``) gets no more."""
+        cap = bundle.max_intra_op_threads
+        if cap is not None and (intra_op_threads == 0 or intra_op_threads > cap):
+            if intra_op_threads > cap:
+                log.warning(
+                    "%s runs each pass on at most %d thread(s), as its manifest says",
+                    bundle.id,
+                    cap,
+                )
+            intra_op_threads = cap
         session = create_session(
             str(bundle.model_path),
             device=device,
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
         )
-        return cls(bundle, session)
+        return cls(bundle, session, max_sparse_pass_tokens=max_sparse_pass_tokens)
 
     @property
     def info(self) -> ModelInfo:
@@ -91,6 +118,10 @@ class OnnxModel:
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, truncate: bool) -> list[Encoding]:
         return self.tokenizer.pairs(pairs, truncate=truncate)
 
+    def id_to_token(self, ids: Sequence[int]) -> list[str]:
+        vocabulary = self.tokenizer.vocabulary
+        return [vocabulary[i] for i in ids]
+
     def inspect(self, texts: Sequence[str]) -> list[Encoding]:
         return self.tokenizer.whole(texts)
 
@@ -99,8 +130,10 @@ class OnnxModel:
         if self.packed:
             packed = pack(rows)
             feed = {name: packed.feed[name] for name in self._feed_names}
-            hidden = self.session.run(self._output, feed)[0]
-            return pool_packed(self.bundle.pooling, hidden.astype(np.float32, copy=False), packed)
+            out: Floats = self.session.run(self._output, feed)[0].astype(np.float32, copy=False)
+            if self._pooled_in_graph:
+                return out
+            return pool_packed(cast(PoolingMode, self.bundle.pooling), out, packed)
         width = max(len(row.ids) for row in rows)
         ids = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros_like(ids)
@@ -112,8 +145,10 @@ class OnnxModel:
             mask[index, :n] = 1
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         feed = {name: arrays[name] for name in self._feed_names}
-        hidden = self.session.run(self._output, feed)[0]
-        return pool(self.bundle.pooling, hidden.astype(np.float32, copy=False), mask)
+        padded: Floats = self.session.run(self._output, feed)[0].astype(np.float32, copy=False)
+        if self._pooled_in_graph:
+            return padded
+        return pool(cast(PoolingMode, self.bundle.pooling), padded, mask)
 
     def close(self) -> None:
         """The session is freed with the model; nothing to do before."""

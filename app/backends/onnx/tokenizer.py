@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
@@ -23,6 +24,11 @@ class TextTokenizer:
     @property
     def vocab_size(self) -> int:
         return int(self._whole.get_vocab_size())
+
+    @cached_property
+    def vocabulary(self) -> list[str]:
+        """Every id's token, in id order (read once, on first use)."""
+        return [self._whole.id_to_token(i) or "" for i in range(self.vocab_size)]
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[Encoding]:
         """One encoding per text; with ``truncate=False`` a text over the limit raises
