@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 import onnx_variants as variants
 import torch
+from export_sparse import build_sparse
 from onnx_variants import ExportFailed, Variant
 from packed_graph import export_packed, packable
 from sentence_transformers import SentenceTransformer
@@ -381,6 +382,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", type=Path, default=Path("models"))
     parser.add_argument(
+        "--kind",
+        choices=["dense", "sparse"],
+        default="dense",
+        help="dense: a sentence-transformers model; sparse: a SPLADE masked-language model "
+        "folder (pooling in the graph; export_sparse.py)",
+    )
+    parser.add_argument(
         "--optimize",
         action="store_true",
         help="fuse attention, LayerNorm and GELU (onnxruntime's optimizer)",
@@ -405,6 +413,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--quantize and --fp16 are separate variants; export them one at a time")
     if args.padded and (args.quantize or args.fp16 or args.optimize):
         parser.error("--padded is for plain fp32: the other variants are padded already")
+    if args.kind == "sparse" and (args.quantize or args.padded or not args.source):
+        parser.error("--kind sparse takes --source <folder>, with --optimize or --fp16 at most")
     return args
 
 
@@ -426,7 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=args.output_dir))
     try:
-        summary = build(source, work, variant, args.stsb, padded=args.padded)
+        if args.kind == "sparse":
+            summary = build_sparse(
+                source.location,
+                source.description,
+                work / name,
+                args.stsb,
+                optimized=args.optimize,
+                fp16=args.fp16,
+                sentences=SENTENCES,
+                tools=tool_versions(),
+            )
+        else:
+            summary = build(source, work, variant, args.stsb, padded=args.padded)
         replace_dir(summary["dir"], args.output_dir / name)
     except ExportFailed as exc:
         print(f"export FAILED ({variant}): {exc}", file=sys.stderr)
@@ -445,10 +467,8 @@ def print_summary(target: Path, summary: dict[str, Any]) -> None:
     )
     if summary["optimization"]:
         opt = summary["optimization"]
-        print(
-            f"  optimizer: {opt['nodes_before']} -> {opt['nodes_after']} nodes, "
-            f"fused {opt['fused']}"
-        )
+        fused = f", fused {opt['fused']}" if "fused" in opt else ""
+        print(f"  nodes: {opt['nodes_before']} -> {opt['nodes_after']} (optimizer){fused}")
     print(f"  checks: {checks}")
 
 

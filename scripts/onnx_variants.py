@@ -91,12 +91,13 @@ def quantize_int8(src: Path, dst: Path) -> dict[str, Any]:
     return dict(INT8_SETTINGS)
 
 
-def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
-    """Float16 weights and compute, for the CUDA provider; inputs and outputs stay as they were."""
+def to_fp16(src: Path, dst: Path, keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
+    """Float16 weights and compute, for the CUDA provider; inputs and outputs stay as they were,
+    and so do the op types in ``keep_fp32``."""
     model = OnnxModel(onnx.load(str(src)))
-    model.convert_float_to_float16(keep_io_types=True)
+    model.convert_float_to_float16(keep_io_types=True, op_block_list=list(keep_fp32) or None)
     model.save_model_to_file(str(dst))
-    return {"keep_io_types": True}
+    return {"keep_io_types": True, "kept_fp32": list(keep_fp32)}
 
 
 def load_stsb(path: Path) -> list[tuple[float, str, str]]:
