@@ -157,7 +157,7 @@ def _timed_run(model: Any, texts: list[str], batch: int, workers: int) -> dict[s
     started = time.perf_counter()
     encodings = model.tokenize(texts, truncate=True)
     ordered = sorted(encodings, key=lambda e: len(e.ids))
-    latencies = _run_batches(
+    latencies = run_batches(
         model, [ordered[i : i + batch] for i in range(0, len(ordered), batch)], workers
     )
     elapsed = time.perf_counter() - started
@@ -165,7 +165,7 @@ def _timed_run(model: Any, texts: list[str], batch: int, workers: int) -> dict[s
     return {"seconds": elapsed, "tokens": tokens, "latencies": latencies}
 
 
-def _run_batches(model: Any, batches: list[Any], workers: int) -> list[float]:
+def run_batches(model: Any, batches: list[Any], workers: int) -> list[float]:
     """Run ``batches`` on ``workers`` threads taking them in turn; each batch's latency."""
     import threading
 
@@ -382,6 +382,7 @@ def main() -> int:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does)")
     from bench_report import report
+    from bench_sparse import section as sparse_section
 
     manifest = json.loads((MODELS / BUNDLES["fp32"] / "config.json").read_text())
     flops = flops_per_token(manifest)
@@ -425,6 +426,8 @@ def main() -> int:
         "starts": starts,
     }
     text, ok = report(st, engines, measured, gemm, flops, len(texts), machine, spearman)
+    sparse_text, sparse_ok = sparse_section()
+    text, ok = f"{text.rstrip()}\n\n{sparse_text}", ok and sparse_ok
     print(text)
     args.output.parent.mkdir(exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
