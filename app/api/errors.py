@@ -68,7 +68,13 @@ TEXT_ERRORS = (
 )
 """What a route that takes texts and a model can answer: /tokenize, and every embedding route."""
 
-EMBEDDING_ERRORS = (*TEXT_ERRORS, ErrorCode.INPUT_TOO_LONG, ErrorCode.OVERLOADED, ErrorCode.TIMEOUT)
+EMBEDDING_ERRORS = (
+    *TEXT_ERRORS,
+    ErrorCode.WRONG_MODEL_KIND,
+    ErrorCode.INPUT_TOO_LONG,
+    ErrorCode.OVERLOADED,
+    ErrorCode.TIMEOUT,
+)
 """...and, for a route whose texts go through the queue to the model, these as well."""
 
 

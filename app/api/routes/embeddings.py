@@ -24,7 +24,6 @@ from app.api.schemas import (
 )
 from app.core.model import ModelKind, SparseVector
 from app.core.registry import ModelRegistry
-from app.errors import ErrorCode
 from app.transport.disconnect import unless_disconnected
 
 router = APIRouter(tags=["embeddings"])
@@ -73,7 +72,7 @@ async def similarity(
     "/embed_sparse",
     response_model=SparseEmbedResponse,
     response_model_exclude_none=True,
-    responses=error_responses(*EMBEDDING_ERRORS, ErrorCode.WRONG_MODEL_KIND),
+    responses=error_responses(*EMBEDDING_ERRORS),
 )
 async def embed_sparse(
     request: Request, body: SparseEmbedRequest, models: ModelsDep
