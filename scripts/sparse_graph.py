@@ -56,21 +56,12 @@ class PackedSplade(torch.nn.Module):
         self.encoder = PackedBert(mlm.bert)
         self.head = mlm.cls
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        token_type_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        gather_index: torch.Tensor,
-        attention_mask: torch.Tensor,
-        scatter_index: torch.Tensor,
-    ) -> torch.Tensor:
-        hidden = self.encoder(
-            input_ids, token_type_ids, position_ids, gather_index, attention_mask, scatter_index
-        )
-        logits = self.head(hidden)  # (tokens, vocabulary)
-        rows, width = gather_index.shape
-        row_of_token = (scatter_index // width)[:, None]
+    def forward(self, *packed: torch.Tensor) -> torch.Tensor:
+        """``packed`` are the packed graph's inputs, in ``PACKED_INPUTS`` order."""
+        inputs = dict(zip(PACKED_INPUTS, packed, strict=True))
+        logits = self.head(self.encoder(*packed))  # (tokens, vocabulary)
+        rows, width = inputs["gather_index"].shape
+        row_of_token = (inputs["scatter_index"] // width)[:, None]
         floor = torch.zeros(rows, logits.shape[1], dtype=logits.dtype)  # relu's floor
         return splade(_RowMax.apply(floor, row_of_token, logits))
 
