@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,6 +36,19 @@ class Server:
 
     def open_fds(self) -> int:
         return sum(1 for _ in Path(f"/proc/{self.process.pid}/fd").iterdir())
+
+    def access_line(self, request_id: str) -> dict[str, Any]:
+        """The server's JSON access-log line for ``request_id`` (written just after the
+        response)."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if request_id in line and line.startswith("{"):
+                    entry: dict[str, Any] = json.loads(line)
+                    if entry.get("logger") == "app.access" and entry["request_id"] == request_id:
+                        return entry
+            time.sleep(0.05)
+        pytest.fail(f"no access line for {request_id}: {self.log.read_text()[-2000:]}")
 
 
 def free_port() -> int:

@@ -32,24 +32,33 @@ def test_a_flood_beyond_the_queue_gets_fast_429s_and_every_accepted_request_is_r
     expected = [encode_now(engine.model, t) for t in texts]
     with serving(settings, tmp_path, EMBED_MAX_QUEUE_TOKENS=str(QUEUE_TOKENS)) as server:
 
-        async def flood() -> list[httpx.Response]:
+        def tag(wave: int, i: int) -> dict[str, str]:
+            return {"x-request-id": f"flood-{wave}-{i}"}
+
+        async def flood(wave: int) -> list[httpx.Response]:
             limits = httpx.Limits(max_connections=CLIENTS)
             async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
                 return await asyncio.gather(
-                    *(client.post("/embed", json={"inputs": t}) for t in texts)
+                    *(
+                        client.post("/embed", json={"inputs": t}, headers=tag(wave, i))
+                        for i, t in enumerate(texts)
+                    )
                 )
 
         resident_kb = []
-        for _ in range(WAVES):
-            responses = asyncio.run(flood())
+        for wave in range(WAVES):
+            responses = asyncio.run(flood(wave))
             resident_kb.append(server.memory_kb())
             statuses = [r.status_code for r in responses]
             assert set(statuses) == {200, 429}, statuses
-            for response, vectors in zip(responses, expected, strict=True):
+            for i, (response, vectors) in enumerate(zip(responses, expected, strict=True)):
                 if response.status_code == 429:
                     assert response.json()["error"]["type"] == "overloaded_error"
                     assert int(response.headers["retry-after"]) >= 1
-                    assert response.elapsed.total_seconds() < 1.0  # refused at once
+                    # Refused at once, by the server's own clock: the client's, one event loop
+                    # parsing 96 answers on a busy 2-core machine, measures the client.
+                    line = server.access_line(tag(wave, i)["x-request-id"])
+                    assert line["status"] == 429 and line["total_ms"] < 1000, line
                 else:
                     got = np.array(response.json()["embeddings"])
                     assert np.allclose(got, vectors, atol=1e-5)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +42,6 @@ def test_errors_and_metrics_over_real_http(server: Server) -> None:
     assert 'embed_requests_total{route="/similarity",status="200"} 1.0' in metrics
 
 
-def access_line(server: Server, request_id: str) -> dict[str, Any]:
-    """The server's JSON access-log line for ``request_id`` (written just after the response)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for line in server.log.read_text().splitlines():
-            if request_id in line and line.startswith("{"):
-                entry: dict[str, Any] = json.loads(line)
-                if entry.get("logger") == "app.access":
-                    return entry
-        time.sleep(0.05)
-    pytest.fail(f"no access line for {request_id}: {server.log.read_text()[-2000:]}")
-
-
 def test_one_json_access_line_per_request_and_timing_headers(server: Server) -> None:
     response = httpx.post(
         f"{server.url}/embed",
@@ -67,7 +53,7 @@ def test_one_json_access_line_per_request_and_timing_headers(server: Server) -> 
         float(response.headers[h]) for h in ("x-queue-time", "x-inference-time", "x-total-time")
     )
     assert queue >= 0 and 0 < inference <= total
-    entry = access_line(server, "trace-abc-123")
+    entry = server.access_line("trace-abc-123")
     assert entry["level"] == "info" and entry["message"] == "POST /embed 200"
     assert entry["route"] == "/embed" and entry["status"] == 200
     assert entry["model"] == "all-MiniLM-L6-v2"
@@ -77,7 +63,7 @@ def test_one_json_access_line_per_request_and_timing_headers(server: Server) -> 
     # Other requests get a line too, without the embedding fields; errors say their status.
     bad_headers = {"X-Request-ID": "trace-bad", "Content-Type": "application/json"}
     httpx.post(f"{server.url}/embed", content=b"{", headers=bad_headers)
-    bad = access_line(server, "trace-bad")
+    bad = server.access_line("trace-bad")
     assert bad["status"] == 400 and bad["route"] == "/embed" and "model" not in bad
     # Every line the server wrote is JSON.
     for line in server.log.read_text().splitlines():
