@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 import onnx_variants as variants
 import torch
+from export_rerank import build_rerank
 from export_sparse import build_sparse
 from onnx_variants import ExportFailed, Variant
 from packed_graph import export_packed, packable
@@ -54,6 +55,7 @@ from app.backends.onnx.bundle import (
 )
 from app.backends.onnx.model import KNOWN_INPUTS, OnnxModel
 from app.backends.onnx.packing import PACKED_INPUTS
+from app.backends.onnx.pooling import SUPPORTED_POOLING
 from app.core.model import ModelKind, TokenIds
 from app.core.vectors import encode_now, l2_normalize
 
@@ -132,21 +134,51 @@ def load_models(source: Source) -> tuple[SentenceTransformer, SentenceTransforme
     return reference.eval(), eager.eval()
 
 
+# The encoder families whose export and serving are tested (tests/model/test_families.py, on
+# tiny models from scripts/tiny_models.py). Others are refused: a graph nobody checked is a risk.
+SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra")
+
+
+class Unsupported(Exception):
+    """A model this export does not handle; the message says what would be."""
+
+
+def check_family(model_type: str) -> None:
+    if model_type not in SUPPORTED_FAMILIES:
+        raise Unsupported(
+            f"{model_type!r} models are not supported; the supported encoder families are "
+            f"{', '.join(SUPPORTED_FAMILIES)}"
+        )
+
+
 def describe(st: SentenceTransformer) -> dict[str, Any]:
     """The facts the manifest records, read from the sentence-transformers modules."""
     transformer, modules = st[0], list(st)
     pooling = next((m for m in modules if type(m).__name__ == "Pooling"), None)
     config = transformer.auto_model.config
-    return {
+    check_family(config.model_type)
+    mode = pooling.get_config_dict()["pooling_mode"] if pooling else "cls"
+    if mode not in SUPPORTED_POOLING:
+        raise Unsupported(
+            f"pooling mode {mode!r} is not supported; the service pools with "
+            f"{', '.join(SUPPORTED_POOLING)}"
+        )
+    facts = {
         "model_type": config.model_type,
-        "num_heads": config.num_attention_heads,
-        "hidden_size": config.hidden_size,
-        "num_layers": config.num_hidden_layers,
+        # DistilBERT names them n_heads, dim and n_layers.
+        "num_heads": getattr(config, "num_attention_heads", None) or config.n_heads,
+        "hidden_size": getattr(config, "hidden_size", None) or config.dim,
+        "num_layers": getattr(config, "num_hidden_layers", None) or config.n_layers,
         "dimension": st.get_embedding_dimension(),
-        "pooling": pooling.get_config_dict()["pooling_mode"] if pooling else "cls",
+        "pooling": mode,
         "normalize": any(type(m).__name__ == "Normalize" for m in modules),
         "max_seq_length": st.max_seq_length,
     }
+    if st.prompts:
+        facts["prompts"] = dict(st.prompts)
+        facts["default_prompt_name"] = st.default_prompt_name
+        facts["include_prompt"] = pooling.include_prompt if pooling else True
+    return facts
 
 
 def export_graph(st: SentenceTransformer, path: Path, input_names: list[str]) -> None:
@@ -178,25 +210,38 @@ def add_metadata(path: Path, facts: dict[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-def reference_vectors(st: SentenceTransformer) -> tuple[np.ndarray, list[int]]:
-    """PyTorch's vectors and token counts for ``SENTENCES``, as sentence-transformers gives them."""
+def reference_vectors(
+    st: SentenceTransformer, prompt_name: str | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """PyTorch's vectors and token counts for ``SENTENCES``, as sentence-transformers gives them
+    (with the model's default prompt, or ``prompt_name``'s)."""
     with torch.no_grad():
-        vectors = st.encode(SENTENCES, batch_size=len(SENTENCES), convert_to_numpy=True)
-    counts = st.preprocess(SENTENCES)["attention_mask"].sum(dim=1).tolist()
+        vectors = st.encode(
+            SENTENCES, batch_size=len(SENTENCES), convert_to_numpy=True, prompt_name=prompt_name
+        )
+    prompt = st.prompts.get(prompt_name or st.default_prompt_name or "", "")
+    counts = st.preprocess([prompt + s for s in SENTENCES])["attention_mask"].sum(dim=1).tolist()
     return np.asarray(vectors, dtype=np.float32), [int(c) for c in counts]
 
 
-def worst_cosine(bundle_dir: Path, reference: np.ndarray) -> float:
-    """Load the bundle as the server does and compare its vectors with PyTorch's.
+def worst_cosine(
+    bundle_dir: Path, reference: np.ndarray, prompts: dict[str, np.ndarray] | None = None
+) -> float:
+    """Load the bundle as the server does and compare its vectors with PyTorch's: the model's
+    default set-up, and each of its prompts by name.
 
     Both one batch of all sentences (padding present) and each sentence alone are checked.
     """
     model = OnnxModel.load(load_bundle(bundle_dir))
-    expected = l2_normalize(reference)
-    batched = encode_now(model, SENTENCES)
-    alone = np.vstack([encode_now(model, [s]) for s in SENTENCES])
-    cosines = np.concatenate([(batched * expected).sum(1), (alone * expected).sum(1)])
-    return float(cosines.min())
+    default = model.info.default_prompt_name
+    cosines = []
+    for name, vectors in [(default, reference), *(prompts or {}).items()]:
+        prompt = model.info.prompts.get(name or "", "")
+        expected = l2_normalize(vectors)
+        batched = encode_now(model, SENTENCES, prompt=prompt)
+        alone = np.vstack([encode_now(model, [s], prompt=prompt) for s in SENTENCES])
+        cosines += [(batched * expected).sum(1), (alone * expected).sum(1)]
+    return float(np.concatenate(cosines).min())
 
 
 def tool_versions() -> dict[str, str]:
@@ -206,7 +251,7 @@ def tool_versions() -> dict[str, str]:
 
 def write_fp32_bundle(
     source: Source, out_dir: Path, *, packed: bool
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
     """Trace the model into a complete fp32 bundle; return its manifest and PyTorch's vectors.
 
     ``packed``: the unpadded graph (``packed_graph.py``) where the architecture allows it. The
@@ -235,10 +280,12 @@ def write_fp32_bundle(
     tokenizer.no_truncation()  # the engine sets truncation from max_seq_length
     tokenizer.save(str(out_dir / TOKENIZER_FILE))
     vectors, counts = reference_vectors(reference_st)
+    prompted = {name: reference_vectors(reference_st, name)[0] for name in reference_st.prompts}
     reference = {
         "sentences": SENTENCES,
         "token_counts": counts,
         "embeddings": vectors.tolist(),
+        "prompt_embeddings": {name: v.tolist() for name, v in prompted.items()},
         "produced_by": f"sentence-transformers {version('sentence-transformers')} "
         f"on torch {torch.__version__}",
     }
@@ -259,7 +306,7 @@ def write_fp32_bundle(
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _write_manifest(out_dir, manifest)
-    return manifest, vectors
+    return manifest, vectors, prompted
 
 
 def derive(fp32_dir: Path, out_dir: Path, variant: Variant, manifest: dict[str, Any]) -> None:
@@ -300,15 +347,17 @@ def build(
     started = time.perf_counter()
     fp32_dir = work / "fp32"
     packed = variant == "fp32" and not padded
-    manifest, vectors = write_fp32_bundle(source, fp32_dir, packed=packed)
-    fp32_worst = worst_cosine(fp32_dir, vectors)
+    manifest, vectors, prompted = write_fp32_bundle(source, fp32_dir, packed=packed)
+    fp32_worst = worst_cosine(fp32_dir, vectors, prompted)
     if fp32_worst < variants.COSINE_GATES["fp32"]:
         raise ExportFailed(f"fp32 worst cosine to PyTorch {fp32_worst:.6f} < 0.9999")
     out_dir = fp32_dir
     if variant != "fp32":
         out_dir = work / variant
         derive(fp32_dir, out_dir, variant, manifest)
-    checks: dict[str, float] = {"worst_cosine_to_pytorch": worst_cosine(out_dir, vectors)}
+    checks: dict[str, float] = {
+        "worst_cosine_to_pytorch": worst_cosine(out_dir, vectors, prompted)
+    }
     if variant == "int8":
         if stsb is None or not stsb.is_file():
             raise ExportFailed(f"int8 is gated on STS-B; no data at {stsb} (--stsb PATH)")
@@ -383,10 +432,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=Path("models"))
     parser.add_argument(
         "--kind",
-        choices=["dense", "sparse"],
+        choices=["dense", "sparse", "rerank"],
         default="dense",
         help="dense: a sentence-transformers model; sparse: a SPLADE masked-language model "
-        "folder (pooling in the graph; export_sparse.py)",
+        "folder (pooling in the graph; export_sparse.py); rerank: a sentence-transformers "
+        "CrossEncoder folder (export_rerank.py)",
     )
     parser.add_argument(
         "--optimize",
@@ -415,6 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--padded is for plain fp32: the other variants are padded already")
     if args.kind == "sparse" and (args.quantize or args.padded or not args.source):
         parser.error("--kind sparse takes --source <folder>, with --optimize or --fp16 at most")
+    if args.kind == "rerank" and (args.quantize or args.fp16 or args.optimize or not args.source):
+        parser.error("--kind rerank takes --source <folder> and exports plain fp32")
     return args
 
 
@@ -447,9 +499,21 @@ def main(argv: list[str] | None = None) -> int:
                 sentences=SENTENCES,
                 tools=tool_versions(),
             )
+        elif args.kind == "rerank":
+            summary = build_rerank(
+                source.location,
+                source.description,
+                work / name,
+                sentences=SENTENCES,
+                tools=tool_versions(),
+                check_family=check_family,
+            )
         else:
             summary = build(source, work, variant, args.stsb, padded=args.padded)
         replace_dir(summary["dir"], args.output_dir / name)
+    except Unsupported as exc:
+        print(f"export REFUSED: {exc}", file=sys.stderr)
+        return 2
     except ExportFailed as exc:
         print(f"export FAILED ({variant}): {exc}", file=sys.stderr)
         return 1

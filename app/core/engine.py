@@ -32,7 +32,7 @@ from app.core.model import (
 )
 from app.core.planner import PASS_OVERHEAD_TOKENS
 from app.core.threads import ThreadPlan
-from app.core.vectors import dot_scores, finisher, sparse_pruner
+from app.core.vectors import dot_scores, finisher, scorer, sparse_pruner
 from app.errors import (
     InputTooLong,
     InvalidParameter,
@@ -40,10 +40,12 @@ from app.errors import (
     InvalidTokenId,
     PayloadTooLarge,
     RequestTimeout,
+    ValidationFailed,
     WrongModelKind,
 )
 
 T = TypeVar("T")
+S = TypeVar("S", str, tuple[str, str])
 WARMUP_TEXTS = ["warm-up", "a slightly longer warm-up sentence for the second row"]
 INLINE_TOKENIZE_CHARS = 4096  # tokenizing this much takes well under a millisecond
 
@@ -121,9 +123,14 @@ class Engine:
         batching: Batching | None = None,
         *,
         cores: threading.Semaphore | None = None,
+        default_prompt_name: str | None = None,
     ) -> None:
         self.model = model
         self.info: ModelInfo = model.info
+        # EMBED_DEFAULT_PROMPT_NAME: used where this model has a prompt of that name.
+        self.default_prompt_name = (
+            default_prompt_name if default_prompt_name in self.info.prompts else None
+        ) or self.info.default_prompt_name
         self.limits = limits or Limits()
         self.batching = batching or Batching()
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
@@ -156,9 +163,10 @@ class Engine:
         normalize: bool = True,
         truncate: bool = True,
         dimensions: int | None = None,
+        prompt: str = "",
     ) -> Outcome[Floats]:
         """Vectors for ``texts`` in input order (the first ``dimensions`` components of each, if
-        given), and the tokens each one fed the model.
+        given), and the tokens each one fed the model, ``prompt``'s included.
 
         Raises ``Overloaded`` at once when the queue is full, and ``RequestTimeout`` when the
         answer is not there within ``request_timeout_s``; either way the rows are dropped.
@@ -167,8 +175,51 @@ class Engine:
         self.require(ModelKind.DENSE)
         self._check_dimensions(dimensions)
         check_texts(texts, self.limits)
-        rows = await self._off_loop(texts, lambda t: self.model.tokenize(t, truncate=truncate))
+        rows = await self._off_loop(
+            texts, lambda t: self.model.tokenize(t, truncate=truncate, prompt=prompt)
+        )
         return await self._run(rows, normalize, dimensions, started)
+
+    def prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str:
+        """The text to put before each input, as ``SentenceTransformer.encode`` picks it: a
+        literal ``prompt`` (``""`` for none), else the named prompt, else the server's default
+        name (``EMBED_DEFAULT_PROMPT_NAME``) where this model has it, else the model's own
+        default. An unknown name is a 422 listing the model's prompts."""
+        if prompt is not None:
+            return prompt
+        name = prompt_name or self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.info.prompts:
+            known = ", ".join(repr(p) for p in self.info.prompts) or "none"
+            error = ValidationFailed(
+                f"{self.model_id} has no prompt named {_cut(name)!r}; its prompts: {known}"
+            )
+            error.param = "prompt_name"
+            raise error
+        return self.info.prompts[name]
+
+    async def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        truncate: bool = True,
+        raw_scores: bool = False,
+    ) -> Outcome[Floats]:
+        """A cross-encoder's score for ``query`` with each text, in input order: the model's
+        activation of its logit (``CrossEncoder.predict``'s default), or the logit when
+        ``raw_scores``. Pairs are truncated longest first; each counts its tokens."""
+        started = time.perf_counter()
+        self.require(ModelKind.RERANK)
+        check_texts([query], self.limits)  # the documents' count and indices are their own
+        check_texts(texts, self.limits)
+        pairs = [(query, text) for text in texts]
+        rows = await self._off_loop(
+            pairs, lambda p: self.model.tokenize_pairs(p, truncate=truncate)
+        )
+        future = self._batcher.submit(rows, scorer(self.info.activation, raw=raw_scores))
+        return await self._await(future, started)
 
     async def embed_sparse(
         self,
@@ -177,13 +228,16 @@ class Engine:
         truncate: bool = True,
         threshold: float = 0.0,
         top_k: int | None = None,
+        prompt: str = "",
     ) -> Outcome[list[SparseVector]]:
         """A sparse model's vector for each text, in input order: the entries above
         ``threshold``, highest first, at most ``top_k`` of them."""
         started = time.perf_counter()
         self.require(ModelKind.SPARSE)
         check_texts(texts, self.limits)
-        rows = await self._off_loop(texts, lambda t: self.model.tokenize(t, truncate=truncate))
+        rows = await self._off_loop(
+            texts, lambda t: self.model.tokenize(t, truncate=truncate, prompt=prompt)
+        )
         keep = sparse_pruner(threshold=threshold, top_k=top_k)
         return await self._await(self._batcher.submit(rows, None, keep), started)
 
@@ -233,11 +287,11 @@ class Engine:
         scores = dot_scores(embedded.values[0], embedded.values[1:])
         return replace(embedded, values=scores)
 
-    async def tokenize(self, texts: Sequence[str]) -> Sequence[TokenView]:
-        """Each text's whole tokenization, nothing cut off (more ids than ``max_seq_length``
-        means an embedding would truncate it)."""
+    async def tokenize(self, texts: Sequence[str], *, prompt: str = "") -> Sequence[TokenView]:
+        """Each text's whole tokenization, ``prompt`` before it, nothing cut off (more ids than
+        ``max_seq_length`` means an embedding would truncate it)."""
         check_texts(texts, self.limits)
-        return await self._off_loop(texts, self.model.inspect)
+        return await self._off_loop([prompt + t for t in texts], self.model.inspect)
 
     def close(self) -> None:
         """Finish the queued work, then stop the threads and free the model."""
@@ -281,9 +335,15 @@ class Engine:
                 )
             )
 
-    async def _off_loop(self, texts: Sequence[str], work: Callable[[Sequence[str]], T]) -> T:
-        """``work(texts)``: in place when small, in the tokenizer thread when large."""
-        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            return work(texts)
+    async def _off_loop(self, items: Sequence[S], work: Callable[[Sequence[S]], T]) -> T:
+        """``work(items)``: in place when small, in the tokenizer thread when large."""
+        chars = sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)
+        if chars <= INLINE_TOKENIZE_CHARS:
+            return work(items)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer_thread, work, texts)
+        return await loop.run_in_executor(self._tokenizer_thread, work, items)
+
+
+def _cut(text: str, limit: int = 64) -> str:
+    """A user's string as an error message echoes it: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + "…"

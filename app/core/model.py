@@ -87,6 +87,9 @@ class ModelInfo:
     created: int = 0  # when it was exported, in Unix seconds (0: unknown)
     max_pass_tokens: int | None = None  # a cap on the tokens of one pass, if the model has one
     details: dict[str, str] = field(default_factory=dict)  # shown by /info (pooling, ...)
+    prompts: dict[str, str] = field(default_factory=dict)  # by name, as sentence-transformers
+    default_prompt_name: str | None = None  # the prompt used when a request names none
+    activation: str | None = None  # a reranker's score function over its logit (core.vectors)
 
 
 class Model(Protocol):
@@ -96,9 +99,10 @@ class Model(Protocol):
     @property
     def info(self) -> ModelInfo: ...
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> Sequence[Row]:
-        """One row per text, special tokens added; cut to ``max_seq_length`` when ``truncate``,
-        else a text over it raises ``InputTooLong``."""
+    def tokenize(self, texts: Sequence[str], *, truncate: bool, prompt: str = "") -> Sequence[Row]:
+        """One row per text, ``prompt`` put before it and special tokens added; cut to
+        ``max_seq_length`` when ``truncate``, else a text over it raises ``InputTooLong``. The
+        rows remember the prompt where the model leaves its tokens out of the pooling."""
         ...
 
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, truncate: bool) -> Sequence[Row]:

@@ -43,10 +43,39 @@ def dot_scores(source: Floats, targets: Floats) -> Floats:
     return scores
 
 
-def encode_now(model: Model, texts: Sequence[str]) -> Floats:
+def encode_now(model: Model, texts: Sequence[str], *, prompt: str = "") -> Floats:
     """Unit vectors for ``texts`` in one pass, synchronously: for scripts and tests that check a
     model outside the service (the service goes through the engine and its batcher)."""
-    return l2_normalize(model.run(model.tokenize(texts, truncate=True)))
+    return l2_normalize(model.run(model.tokenize(texts, truncate=True, prompt=prompt)))
+
+
+def _sigmoid(x: Floats) -> Floats:
+    out: Floats = (1.0 / (1.0 + np.exp(-x))).astype(np.float32, copy=False)
+    return out
+
+
+def _identity(x: Floats) -> Floats:
+    return x
+
+
+def _tanh(x: Floats) -> Floats:
+    return np.tanh(x).astype(np.float32, copy=False)
+
+
+# A reranker's score function over its logit, by the name its manifest records: what
+# sentence-transformers' ``CrossEncoder.predict`` applies by default.
+ACTIVATIONS: dict[str, Finish] = {"sigmoid": _sigmoid, "identity": _identity, "tanh": _tanh}
+
+
+def scorer(activation: str | None, *, raw: bool) -> Finish:
+    """A rerank pass's rows (one logit each) to one score per pair: the logit when ``raw``,
+    else the model's activation of it."""
+    apply = _identity if raw else ACTIVATIONS[activation or "identity"]
+
+    def score(logits: Floats) -> Floats:
+        return apply(np.ascontiguousarray(logits[:, 0]))
+
+    return score
 
 
 def sparse_pruner(*, threshold: float, top_k: int | None) -> Callable[[Floats], SparseVector]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from app.backends.onnx.pooling import SUPPORTED_POOLING, PoolingMode
 from app.core.model import ModelKind
+from app.core.vectors import ACTIVATIONS
 from app.errors import StartupError
 
 MANIFEST = "config.json"
@@ -47,6 +48,10 @@ class Bundle:
     variant: str
     manifest: dict[str, Any]
     max_intra_op_threads: int | None = None  # a graph unsafe on more threads says so
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    include_prompt: bool = True  # whether pooling counts a prompt's tokens
+    activation: str | None = None  # a reranker's: sigmoid, identity or tanh
 
     @property
     def model_path(self) -> Path:
@@ -105,8 +110,39 @@ def load_bundle(path: Path, *, verify_checksum: bool = True) -> Bundle:
         output_name=str(manifest["output"]),
         variant=str(manifest.get("variant", "fp32")),
         max_intra_op_threads=manifest.get("max_intra_op_threads"),
+        prompts=_prompts(path / MANIFEST, manifest),
+        default_prompt_name=manifest.get("default_prompt_name"),
+        include_prompt=bool(manifest.get("include_prompt", True)),
+        activation=_activation(path, kind, manifest),
         manifest=manifest,
     )
+
+
+def _prompts(file: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    prompts = manifest.get("prompts", {})
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise StartupError(f"{file}: prompts must map names to strings; re-export the bundle")
+    default = manifest.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise StartupError(
+            f"{file}: default_prompt_name {default!r} is not one of its prompts "
+            f"({', '.join(prompts) or 'none'}); re-export the bundle"
+        )
+    return prompts
+
+
+def _activation(path: Path, kind: str, manifest: dict[str, Any]) -> str | None:
+    if kind != ModelKind.RERANK:
+        return None
+    activation = manifest.get("activation", "sigmoid")
+    if activation not in ACTIVATIONS:
+        raise StartupError(
+            f"model bundle {path} scores with activation {activation!r}; this service applies "
+            f"{', '.join(ACTIVATIONS)}"
+        )
+    return str(activation)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
@@ -19,7 +20,7 @@ from tokenizers import Encoding
 
 from app.backends.onnx.bundle import Bundle
 from app.backends.onnx.packing import PACKED_INPUT, PACKED_INPUTS, pack, pool_packed
-from app.backends.onnx.pooling import PoolingMode, pool
+from app.backends.onnx.pooling import Ints, PoolingMode, pool
 from app.backends.onnx.session import create_session
 from app.backends.onnx.tokenizer import TextTokenizer
 from app.core.model import Floats, ModelInfo, ModelKind, Row
@@ -29,12 +30,28 @@ log = logging.getLogger(__name__)
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-SERVED_KINDS = (ModelKind.DENSE, ModelKind.SPARSE)
+SERVED_KINDS = (ModelKind.DENSE, ModelKind.SPARSE, ModelKind.RERANK)
+
+
+@dataclass(frozen=True, slots=True)
+class Prompted:
+    """A row whose first ``skip`` tokens are a prompt that the pooling leaves out."""
+
+    encoding: Encoding
+    skip: int
+
+    @property
+    def ids(self) -> list[int]:
+        return self.encoding.ids
+
+    @property
+    def type_ids(self) -> list[int]:
+        return self.encoding.type_ids
 
 
 class OnnxModel:
-    """One bundle on one onnxruntime session: a dense model, pooled here, or a sparse one,
-    pooled inside its graph."""
+    """One bundle on one onnxruntime session: a dense model, pooled here; a sparse one, pooled
+    inside its graph; or a reranker, whose graph gives a logit per pair."""
 
     def __init__(
         self,
@@ -76,8 +93,13 @@ class OnnxModel:
             # A sparse pass holds tokens x vocabulary logits before its max: cap its tokens.
             max_pass_tokens=max_sparse_pass_tokens if bundle.kind == ModelKind.SPARSE else None,
             details={"pooling": bundle.pooling},
+            prompts=bundle.prompts,
+            default_prompt_name=bundle.default_prompt_name,
+            activation=bundle.activation,
         )
         self._pooled_in_graph = bundle.kind != ModelKind.DENSE
+        # Prompts the pooling leaves out: each prompt's length in tokens, measured once.
+        self._skips: dict[str, int] | None = None if bundle.include_prompt else {}
 
     @classmethod
     def load(
@@ -112,8 +134,16 @@ class OnnxModel:
     def info(self) -> ModelInfo:
         return self._info
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[Encoding]:
-        return self.tokenizer.tokenize(texts, truncate=truncate)
+    def tokenize(self, texts: Sequence[str], *, truncate: bool, prompt: str = "") -> list[Row]:
+        if not prompt:
+            return cast(list[Row], self.tokenizer.tokenize(texts, truncate=truncate))
+        encodings = self.tokenizer.tokenize([prompt + t for t in texts], truncate=truncate)
+        if self._skips is None:
+            return cast(list[Row], encodings)
+        skip = self._skips.get(prompt)
+        if skip is None:
+            skip = self._skips[prompt] = self.tokenizer.prompt_length(prompt)
+        return [Prompted(e, skip) for e in encodings]
 
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], *, truncate: bool) -> list[Encoding]:
         return self.tokenizer.pairs(pairs, truncate=truncate)
@@ -127,13 +157,15 @@ class OnnxModel:
 
     def run(self, rows: Sequence[Row]) -> Floats:
         """One pass over ``rows``, pooled; vectors are not normalised."""
+        mode = cast(PoolingMode, self.bundle.pooling)
+        skips = _skips(rows)
         if self.packed:
             packed = pack(rows)
             feed = {name: packed.feed[name] for name in self._feed_names}
             out: Floats = self.session.run(self._output, feed)[0].astype(np.float32, copy=False)
             if self._pooled_in_graph:
                 return out
-            return pool_packed(cast(PoolingMode, self.bundle.pooling), out, packed)
+            return pool_packed(mode, out, packed, skips)
         width = max(len(row.ids) for row in rows)
         ids = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros_like(ids)
@@ -148,10 +180,17 @@ class OnnxModel:
         padded: Floats = self.session.run(self._output, feed)[0].astype(np.float32, copy=False)
         if self._pooled_in_graph:
             return padded
-        return pool(cast(PoolingMode, self.bundle.pooling), padded, mask)
+        return pool(mode, padded, mask, skips)
 
     def close(self) -> None:
         """The session is freed with the model; nothing to do before."""
+
+
+def _skips(rows: Sequence[Row]) -> Ints | None:
+    """Each row's prompt tokens that the pooling leaves out, or ``None`` when no row has any."""
+    if not rows or not isinstance(rows[0], Prompted):
+        return None
+    return np.fromiter((cast(Prompted, r).skip for r in rows), np.int64, len(rows))
 
 
 def _unix_time(timestamp: object) -> int:

@@ -59,12 +59,28 @@ def pack(rows: Sequence[Row]) -> Packed:
     return Packed(feed, starts, lengths)
 
 
-def pool_packed(mode: PoolingMode, hidden: Floats, packed: Packed) -> Floats:
-    """Pool the packed output ``hidden`` (tokens, dim) into one vector per row."""
+def pool_packed(
+    mode: PoolingMode, hidden: Floats, packed: Packed, skips: Ints | None = None
+) -> Floats:
+    """Pool the packed output ``hidden`` (tokens, dim) into one vector per row, each row's first
+    ``skips`` tokens left out (``pooling.pool``)."""
+    starts, lengths = packed.starts, packed.lengths
+    if skips is not None:  # a token is kept where it is past its row's skip
+        position = np.arange(len(hidden)) - np.repeat(starts, lengths)
+        keep = position >= np.repeat(skips, lengths)
+        counts = np.add.reduceat(keep.astype(np.float32), starts)
     if mode == "mean":
-        sums = np.add.reduceat(hidden, packed.starts, axis=0)
-        pooled: Floats = (sums / packed.lengths[:, None]).astype(np.float32, copy=False)
-        return pooled
+        if skips is None:
+            sums = np.add.reduceat(hidden, starts, axis=0)
+            pooled: Floats = (sums / lengths[:, None]).astype(np.float32, copy=False)
+            return pooled
+        sums = np.add.reduceat(hidden * keep[:, None], starts, axis=0)
+        return (sums / np.maximum(counts, 1e-9)[:, None]).astype(np.float32, copy=False)
     if mode == "cls":
-        return np.ascontiguousarray(hidden[packed.starts], dtype=np.float32)
+        # A row whose every token is skipped gives its first, as argmax of an empty mask does.
+        first = starts if skips is None else np.where(skips < lengths, starts + skips, starts)
+        return np.ascontiguousarray(hidden[first], dtype=np.float32)
+    if mode == "max":
+        kept = hidden if skips is None else np.where(keep[:, None], hidden, -np.inf)
+        return np.ascontiguousarray(np.maximum.reduceat(kept, starts, axis=0), dtype=np.float32)
     raise ValueError(f"unsupported pooling mode {mode!r}")

@@ -56,6 +56,13 @@ class TextTokenizer:
             self._check_lengths(encodings)
         return encodings
 
+    def prompt_length(self, prompt: str) -> int:
+        """The tokens a prompt puts at the start of a row, as sentence-transformers counts them:
+        the prompt tokenized alone, less a trailing special token ([SEP], </s>)."""
+        encoding = self._whole.encode(prompt)
+        special = encoding.special_tokens_mask
+        return len(encoding.ids) - (1 if special and special[-1] else 0)
+
     def whole(self, texts: Sequence[str]) -> list[Encoding]:
         """Each text's tokenization with nothing cut off."""
         return self._whole.encode_batch(list(texts))
