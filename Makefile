@@ -10,6 +10,9 @@ TORCH := torch==2.13.0
 MODEL := models/all-MiniLM-L6-v2
 SPLADE := models/splade-tiny
 SPLADE_SOURCE := models/.sources/splade-tiny
+# Tiny random models of each encoder family and a cross-encoder, for the tests only.
+TINY := models/.tiny
+TINY_FAMILIES := bert roberta xlm-roberta mpnet distilbert electra
 # What `make run` serves unless EMBED_MODELS, EMBED_MODELS_DIR or EMBED_MODEL_DIR says otherwise.
 SERVED := all-MiniLM-L6-v2,splade-tiny
 PIP_FLAGS := --quiet --disable-pip-version-check
@@ -23,7 +26,7 @@ run: $(VENV)/.runtime $(MODEL)/config.json $(SPLADE)/config.json  ## serve the d
 	if [ -z "$$EMBED_MODELS$$EMBED_MODELS_DIR$$EMBED_MODEL_DIR" ]; then export EMBED_MODELS=$(SERVED); fi; \
 	exec $(VENV)/bin/python -m app
 
-test: $(VENV)/.test $(MODEL)/config.json $(MODEL)-int8/config.json $(SPLADE)/config.json  ## lint, type-check, run every test
+test: $(VENV)/.test $(MODEL)/config.json $(MODEL)-int8/config.json $(SPLADE)/config.json $(TINY)/.built  ## lint, type-check, run every test
 	$(VENV)/bin/ruff check app scripts tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -85,6 +88,19 @@ $(MODEL)-padded/config.json:
 	$(MAKE) $(EXPORT_VENV)/.installed
 	$(EXPORT_VENV)/bin/python scripts/export_onnx.py --padded --name all-MiniLM-L6-v2-padded
 
+# Random two-layer models (scripts/tiny_models.py) exported as every family and kind; the export
+# holds each to sentence-transformers on PyTorch. Seconds each.
+$(TINY)/.built: scripts/tiny_models.py scripts/export_onnx.py scripts/export_rerank.py
+	$(MAKE) $(EXPORT_VENV)/.installed
+	$(EXPORT_VENV)/bin/python scripts/tiny_models.py $(TINY)/sources
+	for family in $(TINY_FAMILIES); do \
+	  $(EXPORT_VENV)/bin/python scripts/export_onnx.py --source $(TINY)/sources/tiny-$$family \
+	    --output-dir $(TINY) || exit 1; \
+	done
+	$(EXPORT_VENV)/bin/python scripts/export_onnx.py --kind rerank \
+	  --source $(TINY)/sources/tiny-cross-encoder --output-dir $(TINY)
+	touch $@
+
 golden: ## re-compute the golden vectors in tests/model/golden with sentence-transformers
 	$(MAKE) $(EXPORT_VENV)/.installed
 	$(EXPORT_VENV)/bin/python scripts/golden_vectors.py
@@ -93,4 +109,4 @@ lock:  ## re-pin requirements/*.txt from pyproject.toml in throwaway environment
 	./scripts/lock.sh
 
 clean:
-	rm -rf $(VENV) $(EXPORT_VENV) models/*/ .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EXPORT_VENV) models/*/ $(TINY) .pytest_cache .mypy_cache .ruff_cache

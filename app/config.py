@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     default_model: str | None = Field(
         default=None, description="the model id a request without `model` gets; else the first"
     )
+    default_prompt_name: str | None = Field(
+        default=None,
+        description="the prompt a request without prompt or prompt_name gets, for each model "
+        "that has a prompt of that name; else the model's own default",
+    )
     api_keys: SecretList = Field(default=[], description="Bearer keys; empty means no auth")
     cors_origins: CommaList = Field(default=[], description="browser origins allowed; * for any")
     device: Device = "cpu"

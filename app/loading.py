@@ -70,7 +70,13 @@ def load_engine(
     plan = settings_plan(settings)
     model = load_model(settings, path or settings.model_dir, plan)
     batching = Batching.from_settings(settings, plan)
-    return Engine(model, Limits.from_settings(settings), batching, cores=cores)
+    return Engine(
+        model,
+        Limits.from_settings(settings),
+        batching,
+        cores=cores,
+        default_prompt_name=settings.default_prompt_name,
+    )
 
 
 def load_models(settings: Settings) -> ModelRegistry:

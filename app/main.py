@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.responses import open_series
-from app.api.routes import embeddings, health, metrics, openai
+from app.api.routes import embeddings, health, metrics, openai, rerank
 from app.api.routes.docs import install_docs
 from app.api.schemas import EmbedRequest
 from app.config import Settings
@@ -64,7 +64,7 @@ def create_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (embeddings, openai, health, metrics):
+    for module in (embeddings, rerank, openai, health, metrics):
         app.include_router(module.router)
     install_docs(app)
     # Added innermost first.

@@ -152,13 +152,18 @@ def build_rerank(
         "tools": tools,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    checks = {"worst_score_difference": _worst_difference(out_dir, manifest, pairs, logits)}
+    checks = _differences(out_dir, manifest, pairs, logits, scores)
     manifest["verification"] = {"pairs": len(pairs), **checks}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if checks["worst_score_difference"] > TOLERANCE:
         raise ExportFailed(
             f"scores differ from CrossEncoder.predict by {checks['worst_score_difference']:.2e} "
             f"> {TOLERANCE}"
+        )
+    if checks["worst_relative_logit_difference"] > TOLERANCE:
+        raise ExportFailed(
+            "logits differ from PyTorch's by "
+            f"{checks['worst_relative_logit_difference']:.2e} x (1 + |logit|) > {TOLERANCE}"
         )
     return {
         "dir": out_dir,
@@ -172,13 +177,23 @@ def build_rerank(
     }
 
 
-def _worst_difference(
-    out_dir: Path, manifest: dict[str, Any], pairs: list[tuple[str, str]], logits: Any
-) -> float:
-    """The bundle's logits against PyTorch's, all pairs in one pass and each alone."""
+def _differences(
+    out_dir: Path, manifest: dict[str, Any], pairs: list[tuple[str, str]], logits: Any, scores: Any
+) -> dict[str, float]:
+    """The bundle's scores and logits against PyTorch's, all pairs in one pass and each alone:
+    the worst score difference, and the worst logit difference relative to 1 + |logit|."""
     (out_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     model = OnnxModel.load(load_bundle(out_dir))
     expected = np.asarray(logits, dtype=np.float32).reshape(-1)
     batched = model.run(model.tokenize_pairs(pairs, truncate=True))[:, 0]
     alone = np.array([model.run(model.tokenize_pairs([p], truncate=True))[0, 0] for p in pairs])
-    return float(max(np.abs(batched - expected).max(), np.abs(alone - expected).max()))
+    activate = ACTIVATIONS[manifest["activation"]]
+    expected_scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    return {
+        "worst_score_difference": float(
+            max(np.abs(activate(got) - expected_scores).max() for got in (batched, alone))
+        ),
+        "worst_relative_logit_difference": float(
+            max((np.abs(got - expected) / (1 + np.abs(expected))).max() for got in (batched, alone))
+        ),
+    }

@@ -26,7 +26,15 @@ import torch
 import transformers
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast
 
 DEFAULT_STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-test.tsv"
@@ -53,7 +61,16 @@ class Tiny:
     normalize: bool = False
 
 
-BERT_LIKE = {**SIZE, "intermediate_size": 64, "max_position_embeddings": MAX_SEQ_LENGTH + 2}
+# Weights drawn wider than the usual 0.02, so that an untrained model still tells sentences apart
+# (at 0.02 every vector of a tiny model is within a cosine of 0.9999 of every other, and a parity
+# check at that level would prove nothing).
+INIT = {"initializer_range": 0.5}
+BERT_LIKE = {
+    **SIZE,
+    **INIT,
+    "intermediate_size": 64,
+    "max_position_embeddings": MAX_SEQ_LENGTH + 2,
+}
 TINY: dict[str, Tiny] = {
     # Prompts with a default, as e5-style models ship them.
     "bert": Tiny(
@@ -67,7 +84,9 @@ TINY: dict[str, Tiny] = {
         normalize=True,
     ),
     "roberta": Tiny("RobertaConfig", {**BERT_LIKE, "pad_token_id": 1}, "bpe", "cls", False),
-    "xlm-roberta": Tiny("XLMRobertaConfig", {**BERT_LIKE, "pad_token_id": 1}, "unigram", "mean", False),
+    "xlm-roberta": Tiny(
+        "XLMRobertaConfig", {**BERT_LIKE, "pad_token_id": 1}, "unigram", "mean", False
+    ),
     # Prompts left out of the pooling, as instructor- and some bge-style models do.
     "mpnet": Tiny(
         "MPNetConfig",
@@ -80,14 +99,25 @@ TINY: dict[str, Tiny] = {
     ),
     "distilbert": Tiny(
         "DistilBertConfig",
-        {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64,
-         "max_position_embeddings": MAX_SEQ_LENGTH},
+        {
+            **INIT,
+            "dim": 32,
+            "n_layers": 2,
+            "n_heads": 2,
+            "hidden_dim": 64,
+            "max_position_embeddings": MAX_SEQ_LENGTH,
+        },
         "wordpiece",
         "max",
         False,
     ),
     "electra": Tiny(
-        "ElectraConfig", {**BERT_LIKE, "embedding_size": 32}, "wordpiece", "cls", True, PROMPTS,
+        "ElectraConfig",
+        {**BERT_LIKE, "embedding_size": 32},
+        "wordpiece",
+        "cls",
+        True,
+        PROMPTS,
         include_prompt=False,
     ),
     "modernbert": Tiny(
@@ -170,7 +200,9 @@ def hf_tokenizer(tokenizer: Tokenizer, token_type_ids: bool) -> PreTrainedTokeni
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         model_max_length=MAX_SEQ_LENGTH,
-        model_input_names=inputs if token_type_ids else [i for i in inputs if i != "token_type_ids"],
+        model_input_names=inputs
+        if token_type_ids
+        else [i for i in inputs if i != "token_type_ids"],
         **names,
     )
 

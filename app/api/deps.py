@@ -29,13 +29,18 @@ ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 ROUTES_FOR: dict[ModelKind, str] = {
     ModelKind.DENSE: "/embed, /similarity or /v1/embeddings",
     ModelKind.SPARSE: "/embed_sparse",
-    ModelKind.RERANK: "/rerank",
+    ModelKind.RERANK: "/rerank, /v1/rerank or /v2/rerank",
 }
 
 
 def engine_for(models: ModelRegistry, model: str | None, kind: ModelKind) -> Engine:
     """The engine serving ``model``, which must be of ``kind``; else ``WrongModelKind`` naming
-    the routes that do serve it."""
+    the routes that do serve it. Without ``model``: the default model, or, where that is of
+    another kind, the one model of ``kind`` served."""
+    if model is None:
+        of_kind = [engine for engine in models if engine.info.kind == kind]
+        if len(of_kind) == 1 and models.get(None).info.kind != kind:
+            return of_kind[0]
     engine = models.get(model)
     served = engine.info.kind
     if served != kind:

@@ -52,7 +52,7 @@ class OutcomeResponse(FastJSONResponse):
         await send({"type": "http.response.body", "body": self.body})
 
 
-def outcome_response(content: dict[str, Any], outcome: Outcome[Any]) -> OutcomeResponse:
+def outcome_response(content: dict[str, Any] | list[Any], outcome: Outcome[Any]) -> OutcomeResponse:
     """The response for ``content``, which ``outcome`` produced: timing headers, metrics and the
     access-log fields all come from that one value."""
     inputs, tokens = len(outcome.token_counts), outcome.tokens

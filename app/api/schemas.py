@@ -21,13 +21,39 @@ ModelField = Annotated[
 ]
 
 
+PromptField = Annotated[
+    str | None,
+    Field(
+        description='A literal prompt put before each input; "" turns prompts off. Takes '
+        "precedence over prompt_name.",
+        examples=["query: "],
+    ),
+]
+PromptNameField = Annotated[
+    str | None,
+    Field(
+        description="One of the model's prompts by name (see /info), as "
+        "SentenceTransformer.encode(prompt_name=...); when neither this nor prompt is given, "
+        "EMBED_DEFAULT_PROMPT_NAME if the model has it, else the model's default prompt.",
+        examples=["query"],
+    ),
+]
+
+
 class StrictModel(BaseModel):
     """A request body: no unknown fields, no type coercion."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class EmbedRequest(StrictModel):
+class Prompted(BaseModel):
+    """The prompt fields of a request that embeds texts."""
+
+    prompt: PromptField = None
+    prompt_name: PromptNameField = None
+
+
+class EmbedRequest(StrictModel, Prompted):
     inputs: str | NonEmptyTexts = Field(
         description="One text, or a list of texts; each gets one vector, in input order.",
         examples=["What is the capital of France?"],
@@ -52,7 +78,7 @@ class EmbedResponse(BaseModel):
     usage: Usage
 
 
-class SparseEmbedRequest(StrictModel):
+class SparseEmbedRequest(StrictModel, Prompted):
     inputs: str | NonEmptyTexts = Field(
         description="One text, or a list of texts; each gets one sparse vector, in input order.",
         examples=["What is the capital of France?"],
@@ -102,7 +128,7 @@ class SimilarityResponse(BaseModel):
     usage: Usage
 
 
-class TokenizeRequest(StrictModel):
+class TokenizeRequest(StrictModel, Prompted):
     inputs: str | NonEmptyTexts = Field(examples=["How many tokens is this?"])
     model: ModelField = None
 
@@ -124,7 +150,7 @@ class TokenizeResponse(BaseModel):
     data: list[Tokenized]
 
 
-class OpenAIEmbeddingRequest(BaseModel):
+class OpenAIEmbeddingRequest(Prompted):
     """OpenAI's embeddings request. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -162,12 +188,22 @@ class OpenAIEmbeddingResponse(BaseModel):
     usage: Usage
 
 
+KindField = Annotated[
+    Literal["dense", "sparse", "rerank"], Field(description="What the model returns.")
+]
+PromptsField = Annotated[
+    dict[str, str], Field(description="The model's prompts by name (prompt_name).")
+]
+
+
 class OpenAIModel(BaseModel):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str
-    kind: Literal["dense", "sparse", "rerank"] = Field(description="What the model returns.")
+    kind: KindField
+    prompts: PromptsField
+    default_prompt_name: str | None
 
 
 class OpenAIModelList(BaseModel):
@@ -177,7 +213,12 @@ class OpenAIModelList(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str
-    kind: Literal["dense", "sparse", "rerank"] = Field(description="What the model returns.")
+    kind: KindField
+    prompts: PromptsField
+    default_prompt_name: str | None = Field(
+        description="The prompt used when a request names none (EMBED_DEFAULT_PROMPT_NAME, "
+        "else the model's own)."
+    )
     dimension: int
     max_seq_length: int
     pooling: str
@@ -185,6 +226,71 @@ class ModelInfo(BaseModel):
     variant: str
     provider: str
     default: bool
+
+
+class RerankRequest(StrictModel):
+    """text-embeddings-inference's rerank request."""
+
+    query: str = Field(examples=["What is the capital of France?"])
+    texts: NonEmptyTexts = Field(
+        examples=[["Paris is the capital of France.", "Berlin is in Germany."]]
+    )
+    model: Annotated[
+        str | None,
+        Field(description="A served rerank model; the only one served when omitted."),
+    ] = None
+    raw_scores: bool = Field(default=False, description="The logit, with no activation.")
+    return_text: bool = Field(default=False, description="Give each result its text.")
+    truncate: bool = Field(
+        default=True,
+        description="Cut pairs longer than the model's limit, longest text first; when false "
+        "they are a 422.",
+    )
+
+
+class Rank(BaseModel):
+    index: int = Field(description="The text's position in the request.")
+    score: float
+    text: str | None = None
+
+
+class CohereDocument(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+
+
+class CohereRerankRequest(BaseModel):
+    """Cohere's rerank request (``/v1/rerank`` and ``/v2/rerank``). Unknown fields are ignored,
+    as Cohere-style servers do."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    query: str = Field(examples=["What is the capital of France?"])
+    documents: Annotated[list[str | CohereDocument], Field(min_length=1)] = Field(
+        description='Strings, or on /v1 {"text": ...} objects.',
+        examples=[["Paris is the capital of France.", "Berlin is in Germany."]],
+    )
+    model: Annotated[
+        str | None,
+        Field(description="A served rerank model; the only one served when omitted."),
+    ] = None
+    top_n: int | None = Field(
+        default=None, ge=1, description="Return the best N; more than the documents returns all."
+    )
+    return_documents: bool = Field(default=False, description="Give each result its document.")
+
+
+class CohereResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: CohereDocument | None = None
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    results: list[CohereResult]
+    meta: dict[str, object]
 
 
 class InfoResponse(BaseModel):

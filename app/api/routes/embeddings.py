@@ -37,7 +37,8 @@ async def answer_embed(
     below for anything that reaches FastAPI."""
     engine = engine_for(models, body.model, ModelKind.DENSE)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    work = engine.embed(texts, normalize=body.normalize, truncate=body.truncate)
+    prompt = engine.prompt(body.prompt, body.prompt_name)
+    work = engine.embed(texts, normalize=body.normalize, truncate=body.truncate, prompt=prompt)
     outcome = await unless_disconnected(scope, receive, work)
     content = {
         "model": outcome.model,
@@ -82,7 +83,11 @@ async def embed_sparse(
     engine = engine_for(models, body.model, ModelKind.SPARSE)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     work = engine.embed_sparse(
-        texts, truncate=body.truncate, threshold=body.threshold, top_k=body.top_k
+        texts,
+        truncate=body.truncate,
+        threshold=body.threshold,
+        top_k=body.top_k,
+        prompt=engine.prompt(body.prompt, body.prompt_name),
     )
     outcome = await unless_disconnected(request.scope, request.receive, work)
     name = engine.model.id_to_token if body.return_tokens else None
@@ -119,7 +124,7 @@ async def tokenize(body: TokenizeRequest, models: ModelsDep) -> FastJSONResponse
     engine = models.get(body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     limit = engine.info.max_seq_length
-    views = await engine.tokenize(texts)
+    views = await engine.tokenize(texts, prompt=engine.prompt(body.prompt, body.prompt_name))
     return FastJSONResponse(
         {
             "model": engine.model_id,

@@ -45,17 +45,19 @@ async def info(request: Request, models: ModelsDep) -> InfoResponse:
     server's limits and its version."""
     described = [
         ModelInfo(
-            id=info.id,
-            kind=info.kind.value,
-            dimension=info.width,
-            max_seq_length=info.max_seq_length,
-            pooling=info.details.get("pooling", ""),
-            normalize=info.normalize,
-            variant=info.variant,
-            provider=info.runtime,
-            default=info.id == models.default_id,
+            id=engine.info.id,
+            kind=engine.info.kind.value,
+            prompts=engine.info.prompts,
+            default_prompt_name=engine.default_prompt_name,
+            dimension=engine.info.width,
+            max_seq_length=engine.info.max_seq_length,
+            pooling=engine.info.details.get("pooling", ""),
+            normalize=engine.info.normalize,
+            variant=engine.info.variant,
+            provider=engine.info.runtime,
+            default=engine.model_id == models.default_id,
         )
-        for info in (engine.info for engine in models)
+        for engine in models
     ]
     settings = request.app.state.settings
     limits: dict[str, int | float] = {

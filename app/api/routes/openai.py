@@ -24,6 +24,7 @@ from app.api.schemas import (
 from app.core.engine import Engine
 from app.core.model import Floats, ModelKind
 from app.errors import ErrorCode as C
+from app.errors import ValidationFailed
 from app.transport.disconnect import unless_disconnected
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -42,10 +43,15 @@ async def create_embeddings(
     ``/embed`` does by default); token-id inputs are taken verbatim and must fit."""
     engine = engine_for(models, body.model, ModelKind.DENSE)
     inputs, dimensions = body.input, body.dimensions
-    if isinstance(inputs, str):
-        work = engine.embed([inputs], dimensions=dimensions)
-    elif isinstance(inputs[0], str):
-        work = engine.embed(inputs, dimensions=dimensions)
+    if isinstance(inputs, str) or isinstance(inputs[0], str):
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        prompt = engine.prompt(body.prompt, body.prompt_name)
+        work = engine.embed(texts, dimensions=dimensions, prompt=prompt)
+    elif body.prompt is not None or body.prompt_name is not None:
+        # Token ids are the model's input verbatim: there is no text to put a prompt before.
+        error = ValidationFailed("prompt and prompt_name apply to text inputs, not token ids")
+        error.param = "prompt" if body.prompt is not None else "prompt_name"
+        raise error
     elif isinstance(inputs[0], int):
         work = engine.embed_ids([inputs], dimensions=dimensions)
     else:
@@ -96,5 +102,11 @@ async def get_model(model_id: str, models: ModelsDep) -> OpenAIModel:
 def _describe(engine: Engine) -> OpenAIModel:
     info = engine.info
     return OpenAIModel(
-        id=info.id, object="model", created=info.created, owned_by=OWNER, kind=info.kind.value
+        id=info.id,
+        object="model",
+        created=info.created,
+        owned_by=OWNER,
+        kind=info.kind.value,
+        prompts=info.prompts,
+        default_prompt_name=engine.default_prompt_name,
     )
