@@ -355,9 +355,7 @@ def build(
     if variant != "fp32":
         out_dir = work / variant
         derive(fp32_dir, out_dir, variant, manifest)
-    checks: dict[str, float] = {
-        "worst_cosine_to_pytorch": worst_cosine(out_dir, vectors, prompted)
-    }
+    checks: dict[str, float] = {"worst_cosine_to_pytorch": worst_cosine(out_dir, vectors, prompted)}
     if variant == "int8":
         if stsb is None or not stsb.is_file():
             raise ExportFailed(f"int8 is gated on STS-B; no data at {stsb} (--stsb PATH)")

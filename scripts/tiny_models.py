@@ -144,7 +144,7 @@ def sentences(stsb: Path) -> list[str]:
 def train_tokenizer(kind: str, corpus: list[str]) -> Tokenizer:
     """A small tokenizer of the family's type, with its special tokens and post-processor."""
     if kind.startswith("wordpiece"):
-        specials = ROBERTA_SPECIALS + ["[UNK]"] if kind == "wordpiece-mpnet" else BERT_SPECIALS
+        specials = [*ROBERTA_SPECIALS, "[UNK]"] if kind == "wordpiece-mpnet" else BERT_SPECIALS
         unk = "[UNK]"
         tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)

@@ -66,6 +66,8 @@ class FakeModel:
         max_seq_length: int = 32,
         name: str = "fake",
         kind: ModelKind = ModelKind.DENSE,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
     ) -> None:
         self._info = ModelInfo(
             id=name,
@@ -75,6 +77,9 @@ class FakeModel:
             vocab_size=VOCAB,
             runtime="fake",
             details={"pooling": "mean"},
+            prompts=prompts or {},
+            default_prompt_name=default_prompt_name,
+            activation="sigmoid" if kind == ModelKind.RERANK else None,
         )
         basis = np.random.default_rng(0).standard_normal((VOCAB, width))
         self._basis = basis.astype(np.float32)
@@ -89,8 +94,8 @@ class FakeModel:
     def info(self) -> ModelInfo:
         return self._info
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[FakeRow]:
-        rows = [tokenize_one(text) for text in texts]
+    def tokenize(self, texts: Sequence[str], *, truncate: bool, prompt: str = "") -> list[FakeRow]:
+        rows = [tokenize_one(prompt + text) for text in texts]
         limit = self._info.max_seq_length
         for index, row in enumerate(rows):
             if len(row.ids) > limit:

@@ -45,6 +45,8 @@ def test_info_describes_models_and_limits(client: TestClient) -> None:
         {
             "id": "all-MiniLM-L6-v2",
             "kind": "dense",
+            "prompts": {},
+            "default_prompt_name": None,
             "dimension": 384,
             "max_seq_length": 256,
             "pooling": "mean",

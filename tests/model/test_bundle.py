@@ -63,9 +63,11 @@ def test_corrupted_model_fails_the_checksum(bundle_copy: Path) -> None:
 
 def test_unsupported_pooling_is_refused(bundle_copy: Path) -> None:
     manifest = json.loads((bundle_copy / "config.json").read_text())
-    manifest["pooling"] = "max"
+    manifest["pooling"] = "weightedmean"
     (bundle_copy / "config.json").write_text(json.dumps(manifest))
-    with pytest.raises(StartupError, match=r"pooling mode 'max'; this service supports mean, cls"):
+    with pytest.raises(
+        StartupError, match=r"pooling mode 'weightedmean'; this service supports mean, cls, max"
+    ):
         load_bundle(bundle_copy)
 
 
@@ -96,7 +98,7 @@ def test_the_export_writes_the_kind(settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("kind", "pooling", "says"),
     [
-        ("rerank", "none", "serves dense and sparse models only"),
+        ("rerank", "mean", "uses pooling mode 'mean'"),
         ("sparse", "mean", "uses pooling mode 'mean'"),
         ("nope", "mean", "knows"),
     ],

@@ -47,7 +47,9 @@ def reference(path: Path) -> dict[str, Any]:
     return json.loads((path / "reference.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
-def worst_cosine(model: OnnxModel, sentences: list[str], expected: np.ndarray, prompt: str) -> float:
+def worst_cosine(
+    model: OnnxModel, sentences: list[str], expected: np.ndarray, prompt: str
+) -> float:
     """The worst cosine to ``expected`` over the sentences in one pass and each alone."""
     unit = l2_normalize(expected.astype(np.float32))
     batched = encode_now(model, sentences, prompt=prompt)

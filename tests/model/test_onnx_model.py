@@ -35,7 +35,7 @@ def test_token_counts_match_sentence_transformers(
 
 
 def test_long_input_is_truncated_to_max_seq_length(engine: Engine) -> None:
-    (encoding,) = onnx_model(engine).tokenize(["word " * 1000], truncate=True)
+    (encoding,) = onnx_model(engine).tokenizer.tokenize(["word " * 1000], truncate=True)
     assert len(encoding.ids) == 256
     assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]"
 

@@ -116,7 +116,7 @@ def test_entries_come_highest_first_pruned_by_threshold_then_top_k(both: TestCli
         ("/embed", {"inputs": "a", "model": "splade-tiny"}, "/embed_sparse"),
         ("/similarity", {"source": "a", "targets": ["b"], "model": "splade-tiny"}, "/embed_sparse"),
         ("/v1/embeddings", {"input": "a", "model": "splade-tiny"}, "/embed_sparse"),
-        ("/embed_sparse", {"inputs": "a"}, "/embed"),
+        ("/embed_sparse", {"inputs": "a", "model": "all-MiniLM-L6-v2"}, "/embed"),
     ],
 )
 def test_a_route_for_another_kind_is_a_400_naming_the_right_one(
@@ -125,6 +125,13 @@ def test_a_route_for_another_kind_is_a_400_naming_the_right_one(
     response = both.post(path, json=body)
     assert error_of(response) == (400, "invalid_request_error", "wrong_model_kind")
     assert route in response.json()["error"]["message"]
+
+
+def test_without_model_a_route_takes_the_one_model_of_its_kind(both: TestClient) -> None:
+    """The default model is dense; /embed_sparse without ``model`` gets the sparse one, as a
+    text-embeddings-inference user expects of a server with one model per kind."""
+    response = both.post("/embed_sparse", json={"inputs": "a"})
+    assert response.status_code == 200 and response.json()["model"] == "splade-tiny"
 
 
 def test_kinds_show_in_info_and_models_and_tokenize_serves_both(both: TestClient) -> None:

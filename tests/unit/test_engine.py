@@ -18,6 +18,7 @@ from app.errors import (
     InvalidText,
     InvalidTokenId,
     PayloadTooLarge,
+    ValidationFailed,
     WrongModelKind,
 )
 from tests.fakes import VOCAB, FakeModel
@@ -142,3 +143,71 @@ def test_sparse_rows_are_pruned_highest_first_by_threshold_then_top_k() -> None:
         assert cut.indices.tolist() == [i for i in full.indices.tolist() if raw[i] > 0.1][:3]
     finally:
         sparse.close()
+
+
+PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+@pytest.mark.parametrize(
+    ("server_default", "model_default", "prompt", "name", "expected"),
+    [
+        (None, None, None, None, ""),
+        (None, "query", None, None, "query: "),  # the model's default
+        ("passage", "query", None, None, "passage: "),  # the server's default comes first
+        ("unknown", "query", None, None, "query: "),  # ...where the model has that name
+        ("passage", "query", None, "query", "query: "),  # a named prompt comes before both
+        ("passage", "query", "Represent: ", "query", "Represent: "),  # a literal before all
+        ("passage", "query", "", "query", ""),  # "" turns prompts off
+    ],
+)
+def test_prompts_are_chosen_as_sentence_transformers_chooses_them(
+    server_default: str | None,
+    model_default: str | None,
+    prompt: str | None,
+    name: str | None,
+    expected: str,
+) -> None:
+    model = FakeModel(prompts=PROMPTS, default_prompt_name=model_default)
+    engine = Engine(model, default_prompt_name=server_default)
+    try:
+        assert engine.prompt(prompt, name) == expected
+    finally:
+        engine.close()
+
+
+def test_an_unknown_prompt_name_lists_the_prompts_and_is_cut_short() -> None:
+    engine = Engine(FakeModel(prompts=PROMPTS))
+    try:
+        with pytest.raises(ValidationFailed, match="its prompts: 'query', 'passage'") as raised:
+            engine.prompt(None, "x" * 10_000)
+        assert raised.value.param == "prompt_name"
+        assert len(raised.value.message) < 200
+    finally:
+        engine.close()
+
+
+def test_a_prompt_goes_before_each_text_and_counts_its_tokens() -> None:
+    engine = Engine(FakeModel(prompts=PROMPTS))
+    try:
+        plain = run(engine.embed(["a cat"]))
+        prompted = run(engine.embed(["a cat"], prompt="query: "))
+        assert prompted.token_counts == [plain.token_counts[0] + 1]
+        assert not np.allclose(plain.values, prompted.values)
+    finally:
+        engine.close()
+
+
+def test_rerank_scores_each_pair_in_input_order() -> None:
+    reranker = Engine(FakeModel(kind=ModelKind.RERANK, width=1))
+    try:
+        texts = ["a cat", "a dog", "the mat"]
+        raw = run(reranker.rerank("cat", texts, raw_scores=True))
+        scores = run(reranker.rerank("cat", texts))
+        model = model_of(reranker)
+        expected = model.vectors(model.tokenize_pairs([("cat", t) for t in texts], truncate=True))
+        assert np.allclose(raw.values, expected[:, 0], atol=1e-6)
+        assert np.allclose(scores.values, 1 / (1 + np.exp(-expected[:, 0])), atol=1e-6)
+        with pytest.raises(WrongModelKind, match="fake is a rerank model"):
+            run(reranker.embed(["a cat"]))
+    finally:
+        reranker.close()

@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-SERVED_KINDS = (ModelKind.DENSE, ModelKind.SPARSE, ModelKind.RERANK)
-
-
 @dataclass(frozen=True, slots=True)
 class Prompted:
     """A row whose first ``skip`` tokens are a prompt that the pooling leaves out."""
@@ -60,11 +57,6 @@ class OnnxModel:
         *,
         max_sparse_pass_tokens: int | None = None,
     ) -> None:
-        if bundle.kind not in SERVED_KINDS:
-            raise StartupError(
-                f"model bundle {bundle.path} is a {bundle.kind} model; this version serves "
-                f"{' and '.join(SERVED_KINDS)} models only"
-            )
         self.bundle = bundle
         self.session = session
         self.provider: str = session.get_providers()[0]
