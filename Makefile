@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV := .venv
 EXPORT_VENV := .venv-export
+BULK_VENV := .venv-bulk
 # Exactly this version: its CPU wheel is on disk. Any other spec pulls GBs of CUDA wheels.
 TORCH := torch==2.13.0
 MODEL := models/all-MiniLM-L6-v2
@@ -20,13 +21,13 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 export HF_HUB_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test unit soak models variants bench golden lock clean
+.PHONY: run test unit soak models variants bench golden lock clean bulk-env
 
 run: $(VENV)/.runtime $(MODEL)/config.json $(SPLADE)/config.json  ## serve the default models on EMBED_HOST:EMBED_PORT
 	if [ -z "$$EMBED_MODELS$$EMBED_MODELS_DIR$$EMBED_MODEL_DIR" ]; then export EMBED_MODELS=$(SERVED); fi; \
 	exec $(VENV)/bin/python -m app
 
-test: $(VENV)/.test $(MODEL)/config.json $(MODEL)-int8/config.json $(SPLADE)/config.json $(TINY)/.built  ## lint, type-check, run every test
+test: $(VENV)/.test $(BULK_VENV)/.installed $(MODEL)/config.json $(MODEL)-int8/config.json $(SPLADE)/config.json $(TINY)/.built  ## lint, type-check, run every test
 	$(VENV)/bin/ruff check app scripts tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -41,7 +42,7 @@ models: $(MODEL)/config.json $(SPLADE)/config.json
 
 variants: $(MODEL)-int8/config.json $(MODEL)-opt/config.json $(MODEL)-padded/config.json  ## int8; optimised and padded fp32 for the benchmark
 
-bench: $(VENV)/.runtime $(MODEL)/config.json $(SPLADE)/config.json variants  ## measure everything side by side; writes docs/benchmarks.md
+bench: $(VENV)/.runtime $(BULK_VENV)/.installed $(MODEL)/config.json $(SPLADE)/config.json variants  ## measure everything side by side; writes docs/benchmarks.md
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(EXPORT_VENV)/bin/python scripts/bench.py
 
@@ -52,6 +53,14 @@ $(VENV)/.runtime: requirements/runtime.txt
 
 $(VENV)/.test: $(VENV)/.runtime requirements/test.txt
 	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements/test.txt
+	touch $@
+
+bulk-env: $(BULK_VENV)/.installed  ## the bulk job's environment: `$(BULK_VENV)/bin/python -m app.bulk`
+
+# The runtime lock plus pyarrow and Ray Data: the bulk job (app/bulk), never the server.
+$(BULK_VENV)/.installed: requirements/runtime.txt requirements/bulk.txt
+	$(PYTHON) -m venv $(BULK_VENV)
+	$(BULK_VENV)/bin/pip install $(PIP_FLAGS) -r requirements/runtime.txt -r requirements/bulk.txt
 	touch $@
 
 $(EXPORT_VENV)/.installed: requirements/export.txt
@@ -109,4 +118,4 @@ lock:  ## re-pin requirements/*.txt from pyproject.toml in throwaway environment
 	./scripts/lock.sh
 
 clean:
-	rm -rf $(VENV) $(EXPORT_VENV) models/*/ $(TINY) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EXPORT_VENV) $(BULK_VENV) models/*/ $(TINY) .pytest_cache .mypy_cache .ruff_cache

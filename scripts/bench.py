@@ -381,6 +381,7 @@ def main() -> int:
         return 0
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does)")
+    from bench_bulk import section as bulk_section
     from bench_report import report
     from bench_sparse import section as sparse_section
 
@@ -428,6 +429,8 @@ def main() -> int:
     text, ok = report(st, engines, measured, gemm, flops, len(texts), machine, spearman)
     sparse_text, sparse_ok = sparse_section()
     text, ok = f"{text.rstrip()}\n\n{sparse_text}", ok and sparse_ok
+    bulk_text, bulk_ok = bulk_section()
+    text, ok = f"{text.rstrip()}\n\n{bulk_text}", ok and bulk_ok
     print(text)
     args.output.parent.mkdir(exist_ok=True)
     args.output.write_text(text, encoding="utf-8")

@@ -22,6 +22,10 @@ freeze rt > "$tmp/runtime"
 "$tmp/rt/bin/pip" install -q -r <(deps test)
 freeze rt | grep -vxFf "$tmp/runtime" > "$tmp/test"
 
+python3 -m venv "$tmp/bk"
+"$tmp/bk/bin/pip" install -q -r requirements/runtime.txt -r <(deps bulk)
+freeze bk | grep -vxFf "$tmp/runtime" > "$tmp/bulk"
+
 python3 -m venv "$tmp/ex"
 "$tmp/ex/bin/pip" install -q torch==2.13.0
 "$tmp/ex/bin/pip" install -q -r <(deps export)
@@ -35,4 +39,7 @@ freeze ex | grep -v '^torch==' > "$tmp/export"
 { echo "# Export environment (.venv-export): build time only. torch==2.13.0 (CPU) is installed"
   echo "# first, on its own, by the Makefile; every other version is pinned here."
   cat "$tmp/export"; } > requirements/export.txt
-echo "pinned: $(grep -vc '^#' requirements/runtime.txt) runtime, $(grep -vc '^#' requirements/test.txt) test, $(grep -vc '^#' requirements/export.txt) export packages"
+{ echo "# Bulk job environment (.venv-bulk): requirements/runtime.txt plus these, for"
+  echo "# 'python -m app.bulk'. Never in the serving environment or the image."
+  cat "$tmp/bulk"; } > requirements/bulk.txt
+echo "pinned: $(grep -vc '^#' requirements/runtime.txt) runtime, $(grep -vc '^#' requirements/test.txt) test, $(grep -vc '^#' requirements/bulk.txt) bulk, $(grep -vc '^#' requirements/export.txt) export packages"

@@ -45,7 +45,8 @@ def test_info_describes_models_and_limits(client: TestClient) -> None:
         {
             "id": "all-MiniLM-L6-v2",
             "kind": "dense",
-            "prompts": {},
+            # sentence-transformers gives every model empty query and document prompts.
+            "prompts": {"query": "", "document": ""},
             "default_prompt_name": None,
             "dimension": 384,
             "max_seq_length": 256,

@@ -201,9 +201,9 @@ def test_usage_and_tokenize_count_the_prompt(server: Server) -> None:
         ),
         (
             "/embed",
-            {"inputs": "a", "prompt_name": "query"},
+            {"inputs": "a", "prompt_name": "passage"},
             "validation_error",
-            "its prompts: none",
+            "its prompts: 'query', 'document'",
         ),
     ],
 )
@@ -222,7 +222,7 @@ def test_info_and_models_list_each_models_kind_and_prompts(server: Server) -> No
     assert by_id[RERANKER]["kind"] == "rerank"
     assert by_id["tiny-bert"]["prompts"]["query"] == "query: "
     assert by_id["tiny-bert"]["default_prompt_name"] == "passage"  # the server's default wins
-    assert by_id["all-MiniLM-L6-v2"]["prompts"] == {}
+    assert by_id["all-MiniLM-L6-v2"]["prompts"] == {"query": "", "document": ""}
     listed = httpx.get(f"{server.url}/v1/models", headers=headers).json()["data"]
     assert {m["id"]: m["kind"] for m in listed}[RERANKER] == "rerank"
     assert {m["id"]: m["prompts"] for m in listed}["tiny-mpnet"]["passage"] == "passage: "

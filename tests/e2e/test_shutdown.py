@@ -43,7 +43,11 @@ def test_sigterm_under_load_finishes_what_arrived_and_exits_0(
             async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
                 assert (await client.get("/health")).status_code == 200  # a kept-alive probe
                 loops = [asyncio.ensure_future(client_loop(client)) for _ in range(CLIENTS)]
-                await asyncio.sleep(1.5)
+                # Under load long enough to mean something: 60 answers, however slow the
+                # machine (a fixed sleep made this a speed test on a busy one).
+                deadline = time.perf_counter() + 60
+                while len(results) < 60 and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.05)
                 signal_at = time.perf_counter()
                 server.process.send_signal(signal.SIGTERM)
                 try:

@@ -1,0 +1,190 @@
+"""The bulk job's figures, side by side in one run (a section of ``make bench``; alone:
+``.venv-bulk/bin/python scripts/bench_bulk.py``).
+
+1. The engine in-process, as ``scripts/bench.py`` measures it (tokenize, sort by length, run
+   batches, both thread layouts, best batch size): the best the model does on these texts.
+2. The local job (``python -m app.bulk``) on the same texts as a file: 50,000 STS-B rows (the
+   test set's sentences, over and over) and 1,000 passages of 150 to 256 tokens. Its own summary
+   line gives its rate, from after the model is loaded to the last part written: reading,
+   tokenizing, embedding and writing. Target: at least 95% of the engine's best.
+3. The same 50,000 rows with ``--ray`` on this machine; its rate from after ``ray.init``.
+   Target: at least 80% of the local job's.
+4. Peak resident memory of the local job on 10,000 and 100,000 rows of the real model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import BUNDLES, MODELS, sentences  # noqa: E402
+
+BULK_PYTHON = ROOT / ".venv-bulk" / "bin" / "python"
+ROWS = 50_000
+PASSAGES = 1_000
+MEMORY_ROWS = (10_000, 100_000)
+BATCHES = (16, 32, 64)
+
+
+def passages(texts: list[str], count: int) -> list[str]:
+    """``count`` passages of 150 to 256 tokens: STS-B sentences joined until long enough."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(MODELS / BUNDLES["fp32"] / "tokenizer.json"))
+    made: list[str] = []
+    current: list[str] = []
+    i = 0
+    while len(made) < count:
+        current.append(texts[i % len(texts)])
+        i += 1
+        tokens = len(tokenizer.encode(" ".join(current)).ids)
+        if tokens >= 150:
+            if tokens <= 256:
+                made.append(" ".join(current))
+            current = []
+    return made
+
+
+def engine_case(texts_file: Path, workers: int, batch: int) -> dict[str, Any]:
+    """A child: the engine's timed run over the texts (bench.py's own measure)."""
+    from bench import _timed_run, _warm_model
+
+    texts = texts_file.read_text(encoding="utf-8").splitlines()
+    model = _warm_model(BUNDLES["fp32"], texts, workers)
+    run = _timed_run(model, texts, batch, workers)
+    return {"rows_per_s": len(texts) / run["seconds"], "workers": workers, "batch": batch}
+
+
+def engine_best(texts_file: Path) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    runs = []
+    for workers in sorted({1, cores}):
+        for batch in BATCHES:
+            command = [sys.executable, __file__, "engine", str(texts_file)]
+            command += [str(workers), str(batch)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return max(runs, key=lambda r: r["rows_per_s"])
+
+
+def job(*args: Any) -> dict[str, Any]:
+    """Run the bulk job; its summary's figures and its peak RSS (this child's, from wait4)."""
+    with tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            [BULK_PYTHON, "-m", "app.bulk", *map(str, args), "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        assert process.stdout is not None
+        with process.stdout:
+            out = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"bulk job failed: {out}{err.read()[-3000:]}")
+    summary = out.strip().splitlines()[-1]
+    rate = float(re.search(r"([\d.]+) rows/s", summary).group(1))  # type: ignore[union-attr]
+    seconds = float(re.search(r"([\d.]+) s,", summary).group(1))  # type: ignore[union-attr]
+    peak_mb = usage.ru_maxrss / 1024
+    return {"rows_per_s": rate, "seconds": seconds, "summary": summary, "peak_mb": peak_mb}
+
+
+def section() -> tuple[str, bool]:
+    """Measure everything; the Markdown section and whether the targets hold."""
+    texts = sentences()
+    rows = [texts[i % len(texts)] for i in range(ROWS)]
+    long = passages(texts, PASSAGES)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sentence_file, passage_file = folder / "sentences.txt", folder / "passages.txt"
+        sentence_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        passage_file.write_text("\n".join(long) + "\n", encoding="utf-8")
+        corpus = folder / "corpus.jsonl"
+        corpus.write_text(
+            "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(rows)),
+            encoding="utf-8",
+        )
+        print("bulk: engine on sentences ...", flush=True)
+        engine_sentences = engine_best(sentence_file)
+        print("bulk: local job on 50,000 rows ...", flush=True)
+        local = job(corpus, folder / "local", "--id-field", "id")
+        print("bulk: the same on Ray ...", flush=True)
+        on_ray = job(corpus, folder / "ray", "--id-field", "id", "--ray")
+        print("bulk: engine and job on passages ...", flush=True)
+        engine_passages = engine_best(passage_file)
+        local_passages = job(passage_file, folder / "passages")
+        memory = {}
+        for count in MEMORY_ROWS:
+            print(f"bulk: memory on {count:,} rows ...", flush=True)
+            part = folder / f"rows-{count}.txt"
+            part.write_text("\n".join(rows[i % ROWS] for i in range(count)) + "\n")
+            memory[count] = job(part, folder / f"memory-{count}")
+    sentence_ratio = local["rows_per_s"] / engine_sentences["rows_per_s"]
+    passage_ratio = local_passages["rows_per_s"] / engine_passages["rows_per_s"]
+    ray_ratio = on_ray["rows_per_s"] / local["rows_per_s"]
+    ok = sentence_ratio >= 0.95 and ray_ratio >= 0.80
+    small, large = (memory[c] for c in MEMORY_ROWS)
+    best_sentences, best_passages = engine_sentences["rows_per_s"], engine_passages["rows_per_s"]
+    table = [
+        ("engine in-process, sentences (best run)", best_sentences, 1.0, ""),
+        (
+            f"`python -m app.bulk`, {ROWS:,} rows of JSONL",
+            local["rows_per_s"],
+            sentence_ratio,
+            ">= 0.95",
+        ),
+        (
+            "`python -m app.bulk --ray`, the same rows",
+            on_ray["rows_per_s"],
+            on_ray["rows_per_s"] / best_sentences,
+            f"Ray / local {ray_ratio:.2f} >= 0.80",
+        ),
+        ("engine in-process, passages (best run)", best_passages, 1.0, ""),
+        (
+            f"`python -m app.bulk`, {PASSAGES:,} passages",
+            local_passages["rows_per_s"],
+            passage_ratio,
+            "",
+        ),
+    ]
+    lines = "\n".join(
+        f"| {name} | {rate:.1f} | {ratio:.2f} | {target} |" for name, rate, ratio, target in table
+    )
+    text = f"""## The bulk job
+
+{ROWS:,} STS-B rows (the test set's sentences, over and over) and {PASSAGES:,} passages of 150
+to 256 tokens; the fp32 bundle; each job's rate from its own summary (after the model is loaded).
+
+| | rows/s | vs the engine's best | target |
+|---|---:|---:|---|
+{lines}
+
+Peak resident memory of the local job: {small["peak_mb"]:.0f} MB on {MEMORY_ROWS[0]:,} rows,
+{large["peak_mb"]:.0f} MB on {MEMORY_ROWS[1]:,} (`{large["summary"]}`).
+
+Targets: {"met" if ok else "MISSED"}.
+"""
+    return text, ok
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "engine":
+        print(json.dumps(engine_case(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
+        sys.exit(0)
+    report, met = section()
+    print(report)
+    sys.exit(0 if met else 1)
