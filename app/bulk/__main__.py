@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m app.bulk", description=(__doc__ or "").split("\n\n")[0]
     )
-    parser.add_argument("input", type=Path, help=".jsonl, .csv, .tsv, .parquet or .txt")
+    parser.add_argument(
+        "input", help=".jsonl, .csv, .tsv, .parquet or .txt; with --ray, a URI too (s3://...)"
+    )
     parser.add_argument("output", type=Path, help="a folder for the Parquet parts")
     parser.add_argument("--format", choices=["jsonl", "csv", "tsv", "parquet", "txt"])
     parser.add_argument(
@@ -71,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run as a Ray Data pipeline: on this machine, or on the cluster at ADDRESS",
     )
     args = parser.parse_args(argv)
+    args.source = args.input  # as given: a URI must reach Ray unchanged
+    args.input = Path(args.input)
     for name in ("batch_tokens", "limit", "part_rows"):
         value = getattr(args, name)
         if value is not None and value < 1:

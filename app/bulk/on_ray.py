@@ -3,8 +3,9 @@
 Ray reads the input in parallel blocks, ``map_batches`` sends each block to an actor that holds
 the service's own engine and model (one per actor, loaded once), and Ray writes the Parquet
 files. Without ADDRESS it runs on this machine (``ray.init()`` on its cores); with one, on that
-cluster, and INPUT and OUTPUT must then be paths or URIs every node can read and write (a shared
-volume, ``s3://...``, ``gs://...``). Failed rows go to ``errors.jsonl`` as in the local job.
+cluster: INPUT must then be a path or URI every node can read (a shared volume, ``s3://...``),
+and OUTPUT a folder every node can write (a shared volume), where failed rows go to
+``errors.jsonl`` as in the local job.
 
 Ray numbers no rows, so the ids come from ``--id-field``: a plain-text input, which has none, is
 refused (turn it into JSONL with an id per line). A Ray job is not resumable the way the local job
@@ -150,7 +151,7 @@ def run_on_ray(args: argparse.Namespace, fmt: str, settings: Settings, bundle: P
             "batch_tokens": args.batch_tokens,
             "threads": threads,
         }
-        dataset = read_dataset(fmt, str(args.input)).select_columns(
+        dataset = read_dataset(fmt, args.source).select_columns(
             [args.id_field, args.text_field]
         )
         if args.limit is not None:

@@ -37,14 +37,32 @@ def stages() -> dict[str, str]:
     return found
 
 
-def test_hadolint_passes() -> None:
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/ray/Dockerfile"])
+def test_hadolint_passes(dockerfile: str) -> None:
     result = subprocess.run(
-        [tool("hadolint"), "--failure-threshold", "info", "Dockerfile"],
+        [tool("hadolint"), "--failure-threshold", "info", dockerfile],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_rayjob_runs_the_bulk_job_on_its_cluster_with_the_bulk_image() -> None:
+    """A KubeRay custom resource, which kubernetes-validate cannot check: its shape here."""
+    job, claim = yaml.safe_load_all((ROOT / "deploy" / "ray" / "rayjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["entrypoint"].startswith("python -m app.bulk ")
+    assert "--ray auto" in job["spec"]["entrypoint"]
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == "2.60.0"  # the Ray of requirements/bulk.txt
+    assert "ray==2.60.0" in (ROOT / "requirements" / "bulk.txt").read_text().splitlines()
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        (container,) = pod["template"]["spec"]["containers"]
+        assert container["image"].startswith("embed-service-bulk")
+        assert container["resources"]["limits"]["memory"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_the_image_stages() -> None:
