@@ -4,7 +4,7 @@
 1. The engine in-process, as ``scripts/bench.py`` measures it (tokenize, sort by length, run
    batches, both thread layouts, best batch size): the best the model does on these texts.
 2. The local job (``python -m app.bulk``) on the same texts as a file: 50,000 STS-B rows (the
-   test set's sentences, over and over) and 1,000 passages of 150 to 256 tokens. Its own summary
+   test set's sentences, over and over) and 300 passages of 150 to 256 tokens. Its own summary
    line gives its rate, from after the model is loaded to the last part written: reading,
    tokenizing, embedding and writing. Target: at least 95% of the engine's best.
 3. The same 50,000 rows with ``--ray`` on this machine; its rate from after ``ray.init``.
@@ -31,7 +31,7 @@ from bench import BUNDLES, MODELS, sentences  # noqa: E402
 
 BULK_PYTHON = ROOT / ".venv-bulk" / "bin" / "python"
 ROWS = 50_000
-PASSAGES = 1_000
+PASSAGES = 300
 MEMORY_ROWS = (10_000, 100_000)
 BATCHES = (16, 32, 64)
 
