@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 import onnx_variants as variants
 import torch
+from by_keyword import ByKeyword
 from export_rerank import build_rerank
 from export_sparse import build_sparse
 from onnx_variants import ExportFailed, Variant
@@ -109,19 +110,6 @@ def resolve_source(source: str | None, name: str | None) -> Source:
     return Source(source, name or source.rstrip("/").split("/")[-1], source)  # a Hub id
 
 
-class _ByKeyword(torch.nn.Module):
-    """transformers 5 models take keywords only; the exporter passes positional tensors."""
-
-    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names = input_names
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        out = self.model(**dict(zip(self.input_names, tensors, strict=True)))
-        return out.last_hidden_state
-
-
 def load_models(source: Source) -> tuple[SentenceTransformer, SentenceTransformer]:
     """The model as users run it (the reference) and an eager-attention copy to export.
 
@@ -189,7 +177,7 @@ def export_graph(st: SentenceTransformer, path: Path, input_names: list[str]) ->
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about shape-dependent Python branches
         torch.onnx.export(
-            _ByKeyword(st[0].auto_model, input_names),
+            ByKeyword(st[0].auto_model, input_names, "last_hidden_state"),
             tensors,
             str(path),
             input_names=input_names,

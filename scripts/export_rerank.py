@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx_variants as variants
 import torch
+from by_keyword import ByKeyword
 from onnx_variants import ExportFailed
 from sentence_transformers import CrossEncoder
 
@@ -42,18 +43,6 @@ OPSET = 17
 TOLERANCE = 1e-5
 # torch's activation modules and the names the manifest and the core use for them.
 ACTIVATION_NAMES = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh"}
-
-
-class _Logits(torch.nn.Module):
-    """transformers 5 models take keywords only; the exporter passes positional tensors."""
-
-    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names = input_names
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.input_names, tensors, strict=True))).logits
 
 
 def check_pairs(sentences: list[str]) -> list[tuple[str, str]]:
@@ -105,7 +94,7 @@ def build_rerank(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about shape-dependent Python branches
         torch.onnx.export(
-            _Logits(model, input_names),
+            ByKeyword(model, input_names, "logits"),
             tuple(sample[name] for name in input_names),
             str(model_path),
             input_names=input_names,
