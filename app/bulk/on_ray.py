@@ -15,7 +15,6 @@ is: Ray retries failed tasks itself, and a job stopped half-way is run again fro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -38,22 +37,26 @@ BATCH_ROWS = 512
 
 
 class Embedder:
-    """One Ray actor: the service's engine on the bundle, embedding Arrow batches."""
+    """One Ray actor: the service's engine on the bundle, embedding Arrow batches.
+
+    ``__call__`` is a coroutine, so Ray Data keeps several batches in flight on the actor (as the
+    local job keeps several chunks on the engine): the engine's batcher shares passes between
+    them, and its workers, one core each, never wait for Ray to hand over the next batch.
+    """
 
     def __init__(self, bundle: str, options: dict[str, Any], errors_dir: str) -> None:
         from app.bulk.__main__ import model_sha256, open_engine
 
         settings = Settings(
-            model_dir=Path(bundle), inference_workers=1, intra_op_threads=options["threads"]
+            model_dir=Path(bundle), inference_workers=options["cores"], intra_op_threads=1
         )
         self.engine = open_engine(settings, Path(bundle), options["batch_tokens"])
         self.options = options
         self.prompt = self.engine.prompt(None, options["prompt_name"])
         self.sha256 = model_sha256(Path(bundle))
-        self.loop = asyncio.new_event_loop()
         self.errors = Path(errors_dir) / f"{uuid.uuid4().hex}.jsonl"
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch.column(self.options["id_field"]).to_pylist()
         texts = batch.column(self.options["text_field"]).to_pylist()
         max_chars = self.engine.limits.max_input_chars
@@ -68,7 +71,8 @@ class Embedder:
             with self.errors.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(e, default=str) + "\n" for e in failed)
         id_type = batch.schema.field(self.options["id_field"]).type
-        columns = {"id": pa.array([ids[i] for i in keep], type=id_type), **self._embed(texts, keep)}
+        vectors = await self._embed(texts, keep)
+        columns = {"id": pa.array([ids[i] for i in keep], type=id_type), **vectors}
         return pa.table(columns).replace_schema_metadata(
             {
                 "embed.model": self.engine.info.id,
@@ -78,21 +82,31 @@ class Embedder:
             }
         )
 
-    def _embed(self, texts: list[Any], keep: list[int]) -> dict[str, pa.Array]:
+    async def _embed(self, texts: list[Any], keep: list[int]) -> dict[str, pa.Array]:
         """The vector columns for ``texts[keep]``, as the local job writes them."""
         chosen = [texts[i] for i in keep]
         width = self.engine.info.width
         truncate, prompt = self.options["truncate"], self.prompt
         if self.engine.info.kind == ModelKind.SPARSE:
-            work = self.engine.embed_sparse(chosen, truncate=truncate, prompt=prompt)
-            sparse = self.loop.run_until_complete(work).values if keep else []
+            sparse = (
+                (await self.engine.embed_sparse(chosen, truncate=truncate, prompt=prompt)).values
+                if keep
+                else []
+            )
             return {
                 "indices": pa.array([v.indices for v in sparse], type=pa.list_(pa.int32())),
                 "values": pa.array([v.values for v in sparse], type=pa.list_(pa.float32())),
             }
         normalize = self.options["normalize"]
-        dense = self.engine.embed(chosen, normalize=normalize, truncate=truncate, prompt=prompt)
-        vectors = self.loop.run_until_complete(dense).values if keep else np.zeros((0, width))
+        vectors = (
+            (
+                await self.engine.embed(
+                    chosen, normalize=normalize, truncate=truncate, prompt=prompt
+                )
+            ).values
+            if keep
+            else np.zeros((0, width))
+        )
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
         return {"embedding": pa.FixedSizeListArray.from_arrays(flat, width)}
 
@@ -136,7 +150,7 @@ def run_on_ray(args: argparse.Namespace, fmt: str, settings: Settings, bundle: P
         local = address is None
         # Here one actor drives every core; on a cluster, one actor per 4 CPUs, one core each
         # for Ray's own read and write tasks left over.
-        threads = (os.cpu_count() or 1) if local else 4
+        cores = (os.cpu_count() or 1) if local else 4
         actors = 1 if local else max(1, cpus // 4)
         errors_dir = args.output / "_errors"
         if args.output.exists():
@@ -149,11 +163,9 @@ def run_on_ray(args: argparse.Namespace, fmt: str, settings: Settings, bundle: P
             "truncate": args.truncate,
             "prompt_name": args.prompt_name,
             "batch_tokens": args.batch_tokens,
-            "threads": threads,
+            "cores": cores,
         }
-        dataset = read_dataset(fmt, args.source).select_columns(
-            [args.id_field, args.text_field]
-        )
+        dataset = read_dataset(fmt, args.source).select_columns([args.id_field, args.text_field])
         if args.limit is not None:
             dataset = dataset.limit(args.limit)
         embedded = dataset.map_batches(
