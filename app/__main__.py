@@ -10,21 +10,29 @@ import gc
 import logging
 import signal
 import sys
+from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from app.config import Settings
 from app.errors import StartupError
 from app.loading import load_models
 from app.logs import configure_logging
 from app.main import create_app
+from app.transport.limits import HttpLimits
 from app.transport.server import DrainingServer, ServerHttpProtocol
 
 log = logging.getLogger("app")
 
 
 def main() -> int:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(describe(e) for e in exc.errors())
+        print(f"error: {problems}", file=sys.stderr)
+        return 2
     log_config = configure_logging(settings.log_level, settings.log_format)
     try:
         models = load_models(settings)
@@ -58,11 +66,19 @@ def main() -> int:
         log_level=settings.log_level,
         access_log=False,  # the app writes its own access line, with model, tokens and timings
         loop="uvloop",
-        http=ServerHttpProtocol,
+        http=ServerHttpProtocol.with_limits(HttpLimits.from_settings(settings)),
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     DrainingServer(config, app).run()
     return 0
+
+
+def describe(error: Any) -> str:
+    """One settings error as ``EMBED_<NAME>: what is wrong``."""
+    field = "_".join(str(part) for part in error["loc"]).upper()
+    name = f"EMBED_{field}: " if field else ""
+    return name + str(error["msg"]).removeprefix("Value error, ")
 
 
 if __name__ == "__main__":

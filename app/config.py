@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -83,9 +83,40 @@ class Settings(BaseSettings):
     )
     max_queue_tokens: int = Field(default=65536, ge=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    max_request_tokens: int = Field(
+        default=32768,
+        ge=1,
+        description="tokens (after truncation) one request may hold; at most max_queue_tokens",
+    )
     request_timeout_s: float = Field(default=30.0, gt=0)
+    max_retry_after_s: int = Field(default=30, ge=1, description="the most Retry-After says")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a request's headers by then")
+    body_min_rate_bps: int = Field(
+        default=1024, ge=0, description="a slower request body is cut; 0: never"
+    )
+    body_rate_grace_s: float = Field(
+        default=5.0, gt=0, description="seconds into a body before its rate is checked"
+    )
+    keepalive_timeout_s: float = Field(default=5.0, gt=0, description="idle connections closed")
+    max_connections: int = Field(
+        default=1000, ge=1, description="open connections; never above the open-file limit"
+    )
+    max_header_bytes: int = Field(
+        default=8192, ge=256, description="one header line; four times this for all of them"
+    )
+    max_headers: int = Field(default=100, ge=1)
     shutdown_grace_s: int = Field(
         default=30, ge=0, description="on SIGTERM, seconds the requests in flight may take"
     )
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _limits_agree(self) -> Settings:
+        if self.max_request_tokens > self.max_queue_tokens:
+            raise ValueError(
+                f"EMBED_MAX_REQUEST_TOKENS={self.max_request_tokens} is more than "
+                f"EMBED_MAX_QUEUE_TOKENS={self.max_queue_tokens}: such a request could never be "
+                "queued; lower the first or raise the second"
+            )
+        return self

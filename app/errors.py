@@ -5,6 +5,7 @@ Every error a client can see is a ``ServiceError``; the API layer turns it into
 decides a status code. The tree::
 
     ServiceError
+    ├── InvalidHttp          400  the request is not valid HTTP (or HTTP/1.1 without Host)
     ├── InvalidJSON          400  body is not JSON, or not valid UTF-8
     ├── InvalidParameter     400  a value out of range for this model (``dimensions``)
     ├── WrongModelKind       400  a route for one kind of model called on another kind
@@ -17,10 +18,13 @@ decides a status code. The tree::
     ├── NotFound             404  no such route
     ├── ModelNotFound        404  no such model served here
     ├── MethodNotAllowed     405  route exists, method does not
+    ├── ClientTimeout        408  headers not complete in time, or a body that trickles in
+    ├── HeadersTooLarge      431  a header line, or all of them, over the limit; too many
     ├── Overloaded           429  the queue is full (with Retry-After)
     ├── ClientClosed         499  the client left before its answer (nginx's code; never seen)
     ├── NotReady             503  model not loaded yet
     ├── ShuttingDown         503  the server is draining
+    ├── TooManyConnections   503  past EMBED_MAX_CONNECTIONS open connections
     ├── RequestTimeout       503  the request waited past its deadline
     └── InternalError        500  anything unexpected (the message never says what)
 
@@ -39,6 +43,7 @@ from typing import ClassVar, Final, NamedTuple
 class ErrorCode(StrEnum):
     """The machine-readable ``code`` of an error response."""
 
+    INVALID_HTTP = "invalid_http"
     INVALID_JSON = "invalid_json"
     INVALID_PARAMETER = "invalid_parameter"
     WRONG_MODEL_KIND = "wrong_model_kind"
@@ -51,10 +56,13 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     MODEL_NOT_FOUND = "model_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    CLIENT_TIMEOUT = "client_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
     OVERLOADED = "overloaded"
     CLIENT_CLOSED = "client_closed"
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     TIMEOUT = "timeout"
     INTERNAL_ERROR = "internal_error"
 
@@ -70,6 +78,7 @@ _INVALID = "invalid_request_error"
 _UNAVAILABLE = "service_unavailable"
 
 ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
+    ErrorCode.INVALID_HTTP: ErrorRow(400, _INVALID),
     ErrorCode.INVALID_JSON: ErrorRow(400, _INVALID),
     ErrorCode.INVALID_PARAMETER: ErrorRow(400, _INVALID),
     ErrorCode.WRONG_MODEL_KIND: ErrorRow(400, _INVALID),
@@ -82,13 +91,26 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.MODEL_NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorRow(405, _INVALID),
+    ErrorCode.CLIENT_TIMEOUT: ErrorRow(408, _INVALID),
+    ErrorCode.HEADERS_TOO_LARGE: ErrorRow(431, _INVALID),
     ErrorCode.OVERLOADED: ErrorRow(429, "overloaded_error"),
     ErrorCode.CLIENT_CLOSED: ErrorRow(499, _INVALID),
     ErrorCode.NOT_READY: ErrorRow(503, _UNAVAILABLE),
     ErrorCode.SHUTTING_DOWN: ErrorRow(503, _UNAVAILABLE),
+    ErrorCode.TOO_MANY_CONNECTIONS: ErrorRow(503, _UNAVAILABLE),
     ErrorCode.TIMEOUT: ErrorRow(503, _UNAVAILABLE),
     ErrorCode.INTERNAL_ERROR: ErrorRow(500, "server_error"),
 }
+
+
+ECHO_CHARS = 64
+"""An error message echoes at most this many characters of any string the client sent."""
+
+
+def cut(text: str, limit: int = ECHO_CHARS) -> str:
+    """A client's string as an error message echoes it: at most ``limit`` characters, then an
+    ellipsis."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class ServiceError(Exception):
@@ -109,6 +131,12 @@ class ServiceError(Exception):
     @property
     def type(self) -> str:
         return ERROR_TABLE[self.code].type
+
+
+class InvalidHttp(ServiceError):
+    """The HTTP parser refused the request, or an HTTP/1.1 request has no ``Host``."""
+
+    code = ErrorCode.INVALID_HTTP
 
 
 class InvalidJSON(ServiceError):
@@ -191,6 +219,18 @@ class MethodNotAllowed(ServiceError):
     code = ErrorCode.METHOD_NOT_ALLOWED
 
 
+class ClientTimeout(ServiceError):
+    """The request's headers were not complete in time, or its body came in too slowly."""
+
+    code = ErrorCode.CLIENT_TIMEOUT
+
+
+class HeadersTooLarge(ServiceError):
+    """A header line, or the headers together, are over the limit, or there are too many."""
+
+    code = ErrorCode.HEADERS_TOO_LARGE
+
+
 class Overloaded(ServiceError):
     """The queue is full; the response says when to retry."""
 
@@ -219,6 +259,12 @@ class ShuttingDown(ServiceError):
     """The server is draining and takes no new work."""
 
     code = ErrorCode.SHUTTING_DOWN
+
+
+class TooManyConnections(ServiceError):
+    """The server holds ``EMBED_MAX_CONNECTIONS`` connections already; this one is closed."""
+
+    code = ErrorCode.TOO_MANY_CONNECTIONS
 
 
 class InternalError(ServiceError):

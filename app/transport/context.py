@@ -22,8 +22,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import render_error
@@ -36,14 +38,20 @@ REQUEST_ID_HEADER = b"x-request-id"
 ACCESS_FIELDS = "app.access_fields"
 """Key of the ``http.response.start`` message holding a route's access-log fields."""
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+UNMATCHED = "unmatched"
+REFUSED = "app.refused"
+"""Scope extension set when the HTTP layer refused a request after it reached the app (a body
+that came in too slowly): the HTTP layer answered and counted it, so this layer does not."""
+INVALID_HTTP = "invalid_http"
+"""The ``route`` label of what the HTTP layer refused before any route could see it."""
 
 
 class RequestContext:
     """Gives each request an id (taken from ``X-Request-ID`` or made), echoes it, counts it, and
     writes its access-log line.
 
-    The ``route`` label is the matched route's template, or ``unmatched``, so that scanning random
-    paths cannot blow up the metric's label set.
+    The ``route`` label is the route's template, or ``unmatched``, so that scanning random paths
+    cannot blow up the metric's label set.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -75,23 +83,65 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            REQUESTS.labels(template, str(status)).inc()
-            REQUEST_DURATION.labels(template).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                line = {
-                    "request_id": request_id.decode(),
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": template,
-                    "status": status,
-                    **fields,
-                    "total_ms": round(elapsed * 1000, 2),
-                }
-                access_log.info(
-                    "%s %s %d", scope["method"], scope["path"], status, extra={"fields": line}
+            if not scope.get("extensions", {}).get(REFUSED):
+                record_request(
+                    _template(scope),
+                    status,
+                    elapsed,
+                    scope["method"],
+                    scope["path"],
+                    request_id.decode(),
+                    fields,
                 )
+
+
+def record_request(
+    route: str,
+    status: int,
+    elapsed: float,
+    method: str,
+    path: str,
+    request_id: str = "-",
+    fields: dict[str, Any] | None = None,
+) -> None:
+    """Count a request under its route and status, and write its access-log line."""
+    REQUESTS.labels(route, str(status)).inc()
+    REQUEST_DURATION.labels(route).observe(elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        line = {
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "route": route,
+            "status": status,
+            **(fields or {}),
+            "total_ms": round(elapsed * 1000, 2),
+        }
+        access_log.info("%s %s %d", method, path, status, extra={"fields": line})
+
+
+def _template(scope: Scope) -> str:
+    """The route's template: the one the router matched, or for a request refused before
+    routing (a body over the limit, a missing key), the one its path and method would match."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    for candidate in _routes(getattr(scope.get("app"), "router", None)):
+        match, _ = candidate.matches(scope)
+        if match == Match.FULL:
+            return str(candidate.path)
+    return UNMATCHED
+
+
+def _routes(router: Any) -> Iterator[Any]:
+    """Every route under ``router``, those of the routers included in it too (FastAPI wraps
+    those; the app includes them without a prefix)."""
+    for route in getattr(router, "routes", ()):
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included)
+        elif hasattr(route, "path"):
+            yield route
 
 
 class ErrorGuard:
