@@ -24,6 +24,7 @@ from app.errors import (
     PayloadTooLarge,
     ServiceError,
     ValidationFailed,
+    cut,
 )
 
 _FROM_STATUS: dict[int, type[ServiceError]] = {
@@ -94,7 +95,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
     """One readable line from pydantic's error list, e.g. ``body.normalize: Input should be...``."""
     parts = []
     for err in errors[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()))
+        where = ".".join(cut(str(p)) for p in err.get("loc", ()))
         message = err.get("msg", "invalid")
         if err.get("type") in {"model_attributes_type", "dict_type"} and len(err["loc"]) == 1:
             message += " (send a JSON object with Content-Type: application/json)"
@@ -125,9 +126,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = _FROM_STATUS.get(exc.status_code)
     if kind is NotFound:
-        error: ServiceError = NotFound(f"no route {request.url.path}; see /docs")
+        error: ServiceError = NotFound(f"no route {cut(request.url.path)}; see /docs")
     elif kind is MethodNotAllowed:
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        error = MethodNotAllowed(f"{cut(request.method)} is not allowed on {cut(request.url.path)}")
     elif kind is InvalidJSON:
         error = InvalidJSON("the body is not valid JSON in UTF-8")
     elif kind is not None:

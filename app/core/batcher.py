@@ -33,7 +33,7 @@ import numpy as np
 from app.core.model import Floats, Model, Outcome, Row
 from app.core.planner import PASS_OVERHEAD_TOKENS, plan_batches
 from app.core.vectors import Finish
-from app.errors import Overloaded, ShuttingDown
+from app.errors import Overloaded, PayloadTooLarge, ShuttingDown
 from app.metrics import BATCH_SIZE, BATCH_TOKENS, INFERENCE_DURATION, QUEUE_DEPTH, QUEUE_WAIT
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Job:
     inference_s: float = 0.0
     started: bool = False  # a pass has held one of its rows
     taken: int = 0  # rows moved into the planning window so far
+    running: int = 0  # passes holding its rows that are running now
     done: int = 0  # rows with a vector
     failed: bool = False
 
@@ -100,6 +101,8 @@ class Batcher:
         max_batch_tokens: int,
         max_batch_rows: int,
         max_queue_tokens: int,
+        max_request_tokens: int | None = None,
+        max_retry_after_s: int = 30,
         max_wait_s: float = 0.0,
         workers: int = 1,
         pass_overhead_tokens: int = PASS_OVERHEAD_TOKENS,
@@ -121,6 +124,8 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_rows = max_batch_rows
         self.max_queue_tokens = max_queue_tokens
+        self.max_request_tokens = max_request_tokens or max_queue_tokens
+        self.max_retry_after_s = max_retry_after_s
         self.max_wait_s = max_wait_s
         self.pass_overhead_tokens = pass_overhead_tokens
         self._jobs: deque[Job] = deque()
@@ -149,6 +154,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         lengths = [len(row.ids) for row in rows]
         tokens = sum(lengths)
+        if tokens > self.max_request_tokens:
+            raise PayloadTooLarge(
+                f"this request holds {tokens} tokens after truncation; the limit is "
+                f"{self.max_request_tokens} (EMBED_MAX_REQUEST_TOKENS): split it into requests "
+                "of fewer tokens"
+            )
         width = self.model.info.width
         job = Job(
             rows=rows,
@@ -181,8 +192,11 @@ class Batcher:
             thread.join()
 
     def _overloaded(self, tokens: int) -> Overloaded:
+        # When the queue will have room for this request at the recent rate, within 1 s and
+        # EMBED_MAX_RETRY_AFTER_S.
         rate = self._throughput or 1000.0
-        retry_after = max(1, math.ceil(self._queued_tokens / rate))
+        excess = self._queued_tokens + tokens - self.max_queue_tokens
+        retry_after = min(self.max_retry_after_s, max(1, math.ceil(excess / rate)))
         error = Overloaded(
             f"the queue holds {self._queued_tokens} tokens and this request adds {tokens}; "
             f"the limit is {self.max_queue_tokens} (EMBED_MAX_QUEUE_TOKENS); retry shortly"
@@ -202,36 +216,64 @@ class Batcher:
                 self._fill()
                 rows = self._next_pass()
             if rows:
-                self._run_pass(rows)
+                try:
+                    self._run_pass(rows)
+                finally:
+                    with self._cond:
+                        for job in {job for job, _ in rows}:
+                            job.running -= 1
 
     def _full_or_stopping(self) -> bool:
         return self._queued_tokens >= self.max_batch_tokens or self._stopping
 
     def _fill(self) -> None:
         """Move queued rows, in arrival order, into the window until it holds about
-        ``WINDOW_PASSES`` full passes (rows and tokens); the lock is held."""
+        ``WINDOW_PASSES`` full passes (rows and tokens); the lock is held. While more than one
+        request is waiting, each may hold at most one full pass of the window, so that a large
+        request cannot fill it and keep later ones out until it is done."""
         window = self._window = [item for item in self._window if not item[0].abandoned()]
         max_rows = self.max_batch_rows * WINDOW_PASSES
         max_tokens = self.max_batch_tokens * WINDOW_PASSES
-        tokens = sum(job.lengths[row] for job, row in window)
-        while self._jobs and len(window) < max_rows and tokens < max_tokens:
-            job = self._jobs[0]
+        held: dict[Job, list[int]] = {}  # rows and tokens each request holds in the window
+        for job, row in window:
+            share = held.setdefault(job, [0, 0])
+            share[0] += 1
+            share[1] += job.lengths[row]
+        tokens = sum(share[1] for share in held.values())
+        shared = len(held.keys() | set(self._jobs)) > 1
+        rows_each = self.max_batch_rows if shared else max_rows
+        tokens_each = self.max_batch_tokens if shared else max_tokens
+        for job in list(self._jobs):
+            if len(window) >= max_rows or tokens >= max_tokens:
+                break
+            share = held.setdefault(job, [0, 0])
             lengths = job.lengths
             abandoned = job.abandoned()
-            while job.taken < len(lengths) and len(window) < max_rows and tokens < max_tokens:
+            while (
+                job.taken < len(lengths)
+                and len(window) < max_rows
+                and tokens < max_tokens
+                and share[0] < rows_each
+                and share[1] < tokens_each
+            ):
+                length = lengths[job.taken]
                 if not abandoned:
                     window.append((job, job.taken))
-                    tokens += lengths[job.taken]
-                self._queued_tokens -= lengths[job.taken]
+                    tokens += length
+                    share[0] += 1
+                    share[1] += length
+                self._queued_tokens -= length
                 self._queued_rows -= 1
                 job.taken += 1
             if job.taken == len(lengths):
-                self._jobs.popleft()
+                self._jobs.remove(job)
         self._queue_depth.set(self._queued_rows)
 
     def _next_pass(self) -> list[tuple[Job, int]]:
         """Plan the whole window and take out the pass that holds its oldest row (none if the
-        window is empty); the lock is held."""
+        window is empty); the lock is held. A request already running on ``max(1, workers -
+        1)`` passes yields: the oldest pass that holds a row of another request goes first, so
+        that one request never holds every worker while others wait."""
         window = self._window
         if not window:
             return []
@@ -242,10 +284,22 @@ class Batcher:
             max_rows=self.max_batch_rows,
             overhead=self.pass_overhead_tokens,
         )
-        chosen = next(indices for indices in plan if 0 in indices)
+        cap = max(1, len(self._workers) - 1)
+        by_age = sorted(plan, key=min)
+        chosen = next(
+            (
+                indices
+                for indices in by_age
+                if any(window[index][0].running < cap for index in indices)
+            ),
+            by_age[0],
+        )
         taken = set(chosen)
         self._window = [item for index, item in enumerate(window) if index not in taken]
-        return [window[index] for index in chosen]
+        rows = [window[index] for index in chosen]
+        for job in {job for job, _ in rows}:
+            job.running += 1
+        return rows
 
     def _run_pass(self, rows: list[tuple[Job, int]]) -> None:
         inputs = [job.rows[row] for job, row in rows]

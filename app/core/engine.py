@@ -42,6 +42,7 @@ from app.errors import (
     RequestTimeout,
     ValidationFailed,
     WrongModelKind,
+    cut,
 )
 
 T = TypeVar("T")
@@ -69,6 +70,8 @@ class Batching:
     max_batch_tokens: int = 8192
     max_batch_rows: int = 64
     max_queue_tokens: int = 65536
+    max_request_tokens: int = 32768  # one request's tokens, after truncation
+    max_retry_after_s: int = 30
     max_wait_s: float = 0.0
     request_timeout_s: float = 30.0
     workers: int = 1  # forward passes run at once
@@ -80,6 +83,8 @@ class Batching:
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_rows=settings.max_batch_rows,
             max_queue_tokens=settings.max_queue_tokens,
+            max_request_tokens=settings.max_request_tokens,
+            max_retry_after_s=settings.max_retry_after_s,
             max_wait_s=settings.max_wait_ms / 1000,
             request_timeout_s=settings.request_timeout_s,
             workers=plan.workers,
@@ -87,17 +92,17 @@ class Batching:
         )
 
 
-def check_count(count: int, limits: Limits) -> None:
-    """Refuse a request with more inputs than ``EMBED_MAX_INPUTS``."""
+def check_count(count: int, limits: Limits, what: str = "inputs") -> None:
+    """Refuse a request with more inputs (or ``what`` else counts) than ``EMBED_MAX_INPUTS``."""
     if count > limits.max_inputs:
         raise PayloadTooLarge(
-            f"{count} inputs in one request; the limit is {limits.max_inputs} (EMBED_MAX_INPUTS)"
+            f"{count} {what} in one request; the limit is {limits.max_inputs} (EMBED_MAX_INPUTS)"
         )
 
 
-def check_texts(texts: Sequence[str], limits: Limits) -> None:
+def check_texts(texts: Sequence[str], limits: Limits, what: str = "inputs") -> None:
     """Refuse what must not reach the model: too many inputs, too long, not encodable."""
-    check_count(len(texts), limits)
+    check_count(len(texts), limits, what)
     for index, text in enumerate(texts):
         if len(text) > limits.max_input_chars:
             raise PayloadTooLarge(
@@ -142,6 +147,8 @@ class Engine:
             max_batch_tokens=max_tokens,
             max_batch_rows=self.batching.max_batch_rows,
             max_queue_tokens=self.batching.max_queue_tokens,
+            max_request_tokens=self.batching.max_request_tokens,
+            max_retry_after_s=self.batching.max_retry_after_s,
             max_wait_s=self.batching.max_wait_s,
             workers=self.batching.workers,
             pass_overhead_tokens=self.batching.pass_overhead_tokens,
@@ -193,7 +200,7 @@ class Engine:
         if name not in self.info.prompts:
             known = ", ".join(repr(p) for p in self.info.prompts) or "none"
             error = ValidationFailed(
-                f"{self.model_id} has no prompt named {_cut(name)!r}; its prompts: {known}"
+                f"{self.model_id} has no prompt named {cut(name)!r}; its prompts: {known}"
             )
             error.param = "prompt_name"
             raise error
@@ -271,7 +278,7 @@ class Engine:
             bad = next((i for i in ids if not 0 <= i < vocab), None)
             if bad is not None:
                 raise InvalidTokenId(
-                    f"input {index} holds token id {bad}, outside the vocabulary of "
+                    f"input {index} holds token id {cut(str(bad))}, outside the vocabulary of "
                     f"{self.model_id} (0 to {vocab - 1})"
                 )
         return await self._run(
@@ -282,8 +289,16 @@ class Engine:
         self, source: str, targets: Sequence[str], *, truncate: bool = True
     ) -> Outcome[Floats]:
         """The cosine similarity of ``source`` with each target, in order, as the outcome's
-        values; its token counts cover the source and every target."""
-        embedded = await self.embed([source, *targets], normalize=True, truncate=truncate)
+        values; its token counts cover the source and every target. ``EMBED_MAX_INPUTS`` counts
+        the targets."""
+        started = time.perf_counter()
+        self.require(ModelKind.DENSE)
+        check_texts([source], self.limits)
+        check_texts(targets, self.limits, "targets")
+        rows = await self._off_loop(
+            [source, *targets], lambda t: self.model.tokenize(t, truncate=truncate)
+        )
+        embedded = await self._run(rows, True, None, started)
         scores = dot_scores(embedded.values[0], embedded.values[1:])
         return replace(embedded, values=scores)
 
@@ -342,8 +357,3 @@ class Engine:
             return work(items)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenizer_thread, work, items)
-
-
-def _cut(text: str, limit: int = 64) -> str:
-    """A user's string as an error message echoes it: at most ``limit`` characters."""
-    return text if len(text) <= limit else text[:limit] + "…"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from app.core.engine import Engine
-from app.errors import ModelNotFound, StartupError
+from app.errors import ModelNotFound, StartupError, cut
 
 
 class ModelRegistry:
@@ -46,7 +46,9 @@ class ModelRegistry:
             return self._engines[self.default_id]
         engine = self._engines.get(model)
         if engine is None:
-            raise ModelNotFound(f"the model {model!r} is not served here; served: {self.served}")
+            raise ModelNotFound(
+                f"the model {cut(model)!r} is not served here; served: {self.served}"
+            )
         return engine
 
     def __iter__(self) -> Iterator[Engine]:

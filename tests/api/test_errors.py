@@ -63,9 +63,13 @@ def test_too_many_characters(client: TestClient) -> None:
     assert "input 1 has 100001 characters; the limit is 100000" in response.text
 
 
-def test_similarity_counts_the_source_as_an_input(client: TestClient) -> None:
+def test_similarity_takes_max_inputs_targets_besides_its_source(client: TestClient) -> None:
     response = client.post("/similarity", json={"source": "s", "targets": ["t"] * 2048})
+    assert response.status_code == 200
+    assert len(response.json()["scores"]) == 2048
+    response = client.post("/similarity", json={"source": "s", "targets": ["t"] * 2049})
     assert error_of(response) == (413, INVALID, "payload_too_large")
+    assert "2049 targets in one request; the limit is 2048 (EMBED_MAX_INPUTS)" in response.text
 
 
 def test_body_over_the_limit_by_content_length(client: TestClient) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from app.core.engine import Batching, Engine, Limits
 from app.core.model import Floats, Row
-from app.errors import Overloaded, RequestTimeout, ShuttingDown
+from app.errors import Overloaded, PayloadTooLarge, RequestTimeout, ShuttingDown
 from tests.fakes import FakeModel
 
 TEXTS = [
@@ -269,3 +269,61 @@ def test_closing_finishes_the_queue_and_then_refuses(make: Any) -> None:
 
     results = asyncio.run(run())
     assert [r.values.shape for r in results] == [(1, 8)] * len(TEXTS)
+
+
+def test_a_large_request_leaves_a_worker_and_a_place_in_the_window_to_others(make: Any) -> None:
+    """Forty rows in passes of two take ten rounds of both workers; a one-row request that
+    arrives meanwhile waits for one pass at most, not for the large request to finish."""
+    engine = make(workers=2, max_batch_rows=2)
+    model = fake(engine)
+    model.delay = 0.05
+
+    async def run() -> tuple[float, bool]:
+        large = asyncio.ensure_future(engine.embed([f"large {i}" for i in range(40)]))
+        await asyncio.sleep(0.12)
+        started = time.perf_counter()
+        await engine.embed(["small"])
+        waited = time.perf_counter() - started
+        running = not large.done()
+        await large
+        return waited, running
+
+    waited, large_still_running = asyncio.run(run())
+    assert large_still_running
+    assert waited < 3 * model.delay, waited  # at most one pass of the large one, then its own
+    alone = [p for p in model.passes if "small" in p]
+    assert alone and len(model.passes) >= 20
+
+
+def test_a_request_over_the_token_limit_is_refused_at_once(make: Any) -> None:
+    engine = make(max_request_tokens=20)
+    texts = ["one two three four five six seven eight"] * 3  # 10 tokens each
+
+    with pytest.raises(PayloadTooLarge) as refused:
+        asyncio.run(engine.embed(texts))
+    assert refused.value.message.startswith("this request holds 30 tokens after truncation")
+    assert "the limit is 20 (EMBED_MAX_REQUEST_TOKENS)" in refused.value.message
+    assert not fake(engine).passes
+    assert len(asyncio.run(engine.embed(texts[:2])).values) == 2
+
+
+def test_retry_after_never_says_more_than_its_limit(make: Any) -> None:
+    engine = make(max_queue_tokens=40, max_retry_after_s=3)
+    model = fake(engine)
+    model.hold()
+    engine._batcher._throughput = 0.5  # tokens/s: an honest estimate would be minutes
+
+    async def run() -> Overloaded:
+        first = asyncio.ensure_future(engine.embed(["held " * 10]))
+        await model.wait_until_busy()
+        queued = asyncio.ensure_future(engine.embed(["queued " * 30]))
+        await asyncio.sleep(0.01)
+        try:
+            await engine.embed(["refused " * 30])
+        except Overloaded as exc:
+            model.release.set()
+            await asyncio.gather(first, queued)
+            return exc
+        raise AssertionError("not refused")
+
+    assert asyncio.run(run()).headers["Retry-After"] == "3"

@@ -38,3 +38,23 @@ def test_list_settings_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setenv("EMBED_THINGS", "a, b,,c")
     assert WithList().things == ["a", "b", "c"]
+
+
+def test_a_request_limit_over_the_queue_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBED_MAX_REQUEST_TOKENS", "70000")
+    with pytest.raises(ValidationError, match="EMBED_MAX_QUEUE_TOKENS=65536"):
+        Settings()
+
+
+def test_python_m_app_names_a_bad_setting_in_one_line_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.__main__ import main
+
+    monkeypatch.setenv("EMBED_MAX_REQUEST_TOKENS", "70000")
+    assert main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "EMBED_MAX_REQUEST_TOKENS=70000 is more than EMBED_MAX_QUEUE_TOKENS" in err
