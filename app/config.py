@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    max_batch_tokens: int = Field(default=8192, ge=256, description="padded tokens per pass")
+    max_batch_tokens: int = Field(default=1024, ge=256, description="padded tokens per pass")
     max_batch_rows: int = Field(default=64, ge=1)
     pass_overhead_tokens: int = Field(
         default=0, ge=0, description="a pass's fixed cost in tokens; 0: 8 per thread (32 on CUDA)"

@@ -85,6 +85,7 @@ class FakeModel:
         self._basis = basis.astype(np.float32)
         self.passes: list[list[str]] = []
         self.delay = 0.0
+        self.releases = 0  # how often the batcher found itself idle
         self.entered = threading.Event()
         self.release = threading.Event()
         self.release.set()  # not held until a test says so
@@ -141,6 +142,9 @@ class FakeModel:
 
     async def wait_until_busy(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, 5), "no pass started"
+
+    def release_memory(self) -> None:
+        self.releases += 1
 
     def close(self) -> None:
         self.closed = True

@@ -99,6 +99,7 @@ def open_engine(settings: Settings, path: Path, batch_tokens: int | None) -> Eng
         Batching.from_settings(settings, plan),
         max_batch_tokens=batch_tokens or settings.max_batch_tokens,
         max_queue_tokens=NO_LIMIT,
+        max_request_tokens=NO_LIMIT,  # the job's chunks are its own; nobody waits behind them
         request_timeout_s=float(NO_LIMIT),
     )
     return Engine(model, Limits.from_settings(settings), batching)

@@ -133,6 +133,7 @@ class Batcher:
         self._queued_tokens = 0
         self._queued_rows = 0
         self._throughput = 0.0  # tokens/s of recent passes, for Retry-After
+        self._busy = 0  # passes running now
         self._cond = threading.Condition()
         self._stopping = False
         self._workers = [
@@ -222,6 +223,16 @@ class Batcher:
                     with self._cond:
                         for job in {job for job, _ in rows}:
                             job.running -= 1
+                        self._busy -= 1
+                        idle = not self._busy and not self._jobs and not self._window
+                if idle:  # the last pass of a burst: what it leaves behind can go back now
+                    self._release_memory()
+
+    def _release_memory(self) -> None:
+        try:
+            self.model.release_memory()
+        except Exception:  # memory stays held; the next pass is no worse off
+            log.exception("%s could not release its memory", self.model_id)
 
     def _full_or_stopping(self) -> bool:
         return self._queued_tokens >= self.max_batch_tokens or self._stopping
@@ -299,6 +310,7 @@ class Batcher:
         rows = [window[index] for index in chosen]
         for job in {job for job, _ in rows}:
             job.running += 1
+        self._busy += 1
         return rows
 
     def _run_pass(self, rows: list[tuple[Job, int]]) -> None:

@@ -49,6 +49,7 @@ T = TypeVar("T")
 S = TypeVar("S", str, tuple[str, str])
 WARMUP_TEXTS = ["warm-up", "a slightly longer warm-up sentence for the second row"]
 INLINE_TOKENIZE_CHARS = 4096  # tokenizing this much takes well under a millisecond
+TOKENIZE_SLICE = 64  # texts tokenized at a time in a large request, counting tokens as they come
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class Limits:
 class Batching:
     """How rows are grouped into forward passes, and how long they may wait."""
 
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 1024
     max_batch_rows: int = 64
     max_queue_tokens: int = 65536
     max_request_tokens: int = 32768  # one request's tokens, after truncation
@@ -182,7 +183,7 @@ class Engine:
         self.require(ModelKind.DENSE)
         self._check_dimensions(dimensions)
         check_texts(texts, self.limits)
-        rows = await self._off_loop(
+        rows = await self._rows(
             texts, lambda t: self.model.tokenize(t, truncate=truncate, prompt=prompt)
         )
         return await self._run(rows, normalize, dimensions, started)
@@ -222,9 +223,7 @@ class Engine:
         check_texts([query], self.limits)  # the documents' count and indices are their own
         check_texts(texts, self.limits)
         pairs = [(query, text) for text in texts]
-        rows = await self._off_loop(
-            pairs, lambda p: self.model.tokenize_pairs(p, truncate=truncate)
-        )
+        rows = await self._rows(pairs, lambda p: self.model.tokenize_pairs(p, truncate=truncate))
         future = self._batcher.submit(rows, scorer(self.info.activation, raw=raw_scores))
         return await self._await(future, started)
 
@@ -242,7 +241,7 @@ class Engine:
         started = time.perf_counter()
         self.require(ModelKind.SPARSE)
         check_texts(texts, self.limits)
-        rows = await self._off_loop(
+        rows = await self._rows(
             texts, lambda t: self.model.tokenize(t, truncate=truncate, prompt=prompt)
         )
         keep = sparse_pruner(threshold=threshold, top_k=top_k)
@@ -295,7 +294,7 @@ class Engine:
         self.require(ModelKind.DENSE)
         check_texts([source], self.limits)
         check_texts(targets, self.limits, "targets")
-        rows = await self._off_loop(
+        rows = await self._rows(
             [source, *targets], lambda t: self.model.tokenize(t, truncate=truncate)
         )
         embedded = await self._run(rows, True, None, started)
@@ -350,10 +349,37 @@ class Engine:
                 )
             )
 
+    async def _rows(
+        self, items: Sequence[S], tokenize: Callable[[Sequence[S]], Sequence[Row]]
+    ) -> Sequence[Row]:
+        """``tokenize(items)``: small requests at once, large ones in slices in the tokenizer
+        thread, refused as soon as their rows hold more tokens than ``EMBED_MAX_REQUEST_TOKENS``
+        (so that a request far past it costs its first slices' tokenizing, not all of it)."""
+        limit = self.batching.max_request_tokens
+        if _chars(items) <= INLINE_TOKENIZE_CHARS:
+            return tokenize(items)
+        loop = asyncio.get_running_loop()
+        rows: list[Row] = []
+        tokens = 0
+        for start in range(0, len(items), TOKENIZE_SLICE):
+            part = items[start : start + TOKENIZE_SLICE]
+            rows += await loop.run_in_executor(self._tokenizer_thread, tokenize, part)
+            tokens += sum(len(row.ids) for row in rows[start:])
+            if tokens > limit and len(rows) < len(items):
+                raise PayloadTooLarge(
+                    f"this request holds more than {limit} tokens after truncation "
+                    f"(EMBED_MAX_REQUEST_TOKENS): {tokens} in its first {len(rows)} of "
+                    f"{len(items)} inputs; split it into requests of fewer tokens"
+                )
+        return rows
+
     async def _off_loop(self, items: Sequence[S], work: Callable[[Sequence[S]], T]) -> T:
         """``work(items)``: in place when small, in the tokenizer thread when large."""
-        chars = sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)
-        if chars <= INLINE_TOKENIZE_CHARS:
+        if _chars(items) <= INLINE_TOKENIZE_CHARS:
             return work(items)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenizer_thread, work, items)
+
+
+def _chars(items: Sequence[str | tuple[str, str]]) -> int:
+    return sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in items)

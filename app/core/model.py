@@ -122,6 +122,12 @@ class Model(Protocol):
         """One forward pass: ``(len(rows), info.width)`` float32, row i for ``rows[i]``."""
         ...
 
+    def release_memory(self) -> None:
+        """Nothing is running or waiting: give back the working memory that large passes left
+        behind, if any (cheap when there is none; the batcher calls it each time it goes
+        idle)."""
+        ...
+
     def close(self) -> None:
         """Free what the model holds."""
         ...

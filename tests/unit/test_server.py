@@ -11,6 +11,8 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pytest
+
 from app.transport.server import CoalescingTransport
 
 
@@ -108,3 +110,21 @@ async def test_nothing_is_written_to_a_transport_that_closed_meanwhile() -> None
 async def test_everything_else_is_the_real_transports() -> None:
     transport, _ = coalescing()
     assert transport.get_extra_info("peername") == "extra peername"
+
+
+def test_the_connection_limit_stays_under_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import resource
+
+    from app.transport import limits
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))
+    monkeypatch.setattr(resource, "setrlimit", lambda *_: None)
+    assert limits.connection_limit(1000) == 1024 - limits.FD_MARGIN
+    assert limits.connection_limit(100) == 100
+    raised: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (256, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, pair: raised.append(pair))
+    assert limits.connection_limit(1000) == 1000  # the soft limit raised towards the hard one
+    assert raised == [(1000 + limits.FD_MARGIN, 4096)]
