@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SPLADE = ROOT / "models" / "splade-tiny"
 LIMITS = Settings(_env_file=None)  # type: ignore[call-arg]
-PEAK_MB = 900
+PEAK_MB = 700
 """The documented peak resident memory of the default models under the worst requests
 (docs/limits.md); deploy/k8s sets the memory limit to at least 1.25 times it."""
 
