@@ -99,6 +99,10 @@ def rounds(texts_file: Path, corpus: Path, folder: Path, *job_args: str) -> dict
         runs["local"].append(job(corpus, folder / f"{corpus.stem}-local-{r}", *job_args))
         if job_args:  # Ray takes ids from a field
             runs["ray"].append(job(corpus, folder / f"{corpus.stem}-ray-{r}", *job_args, "--ray"))
+        print(
+            "  rows/s:",
+            {name: round(each[-1]["rows_per_s"], 1) for name, each in runs.items() if each},
+        )
     return runs
 
 
