@@ -124,7 +124,7 @@ class ServerHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._body_from = 0.0
         self._body_bytes = 0
-        self._started = 0.0
+        self._started = 0.0  # when this connection, then its latest request, began
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.coalescing = CoalescingTransport(transport, self.loop)
@@ -171,6 +171,7 @@ class ServerHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._started = time.perf_counter()
         self._in_headers = True
         self._head_bytes = self._header_lines = self._header_bytes = 0
         self._arm(self.limits.header_timeout_s, self._headers_late)
