@@ -1,9 +1,10 @@
 """The bulk job's figures, side by side in one run (a section of ``make bench``; alone:
 ``.venv-bulk/bin/python scripts/bench_bulk.py``).
 
-1. The engine in-process, as ``scripts/bench.py`` measures it (tokenize, sort by length, run
-   batches): a sweep of both thread layouts and three batch sizes picks its best set-up on
-   these texts.
+1. The engine in-process: a sweep picks its best set-up on these texts among
+   ``scripts/bench.py``'s measure (tokenize, sort by length, run fixed batches) on both thread
+   layouts with three batch sizes, and the engine through its own batcher and planner as the
+   server and the job run it (requests of 256 texts, four in flight, nothing read or written).
 2. Then ``ROUNDS`` interleaved rounds, each of: the engine in its best set-up, the local job
    (``python -m app.bulk``) on 50,000 STS-B rows (the test set's sentences, over and over) as a
    file, and the same rows with ``--ray`` on this machine. Each figure is the median of its
@@ -62,26 +63,66 @@ def passages(texts: list[str], count: int) -> list[str]:
 
 
 def engine_case(texts_file: Path, workers: int, batch: int) -> dict[str, Any]:
-    """A child: the engine's timed run over the texts (bench.py's own measure)."""
+    """A child: the engine's timed run over the texts. ``batch`` > 0: bench.py's own measure
+    (tokenize, sort, fixed batches on ``workers`` threads); 0: the engine as the service and the
+    job run it, through its batcher and planner, in the job's requests and number in flight,
+    with nothing read or written (this child runs in the bulk environment)."""
+    texts = texts_file.read_text(encoding="utf-8").splitlines()
+    if batch == 0:
+        seconds = _through_the_batcher(texts)
+        return {"rows_per_s": len(texts) / seconds, "workers": workers, "batch": batch}
     from bench import _timed_run, _warm_model
 
-    texts = texts_file.read_text(encoding="utf-8").splitlines()
     model = _warm_model(BUNDLES["fp32"], texts, workers)
     run = _timed_run(model, texts, batch, workers)
     return {"rows_per_s": len(texts) / run["seconds"], "workers": workers, "batch": batch}
 
 
+def _through_the_batcher(texts: list[str]) -> float:
+    import asyncio
+    import time
+
+    from app.bulk.__main__ import open_engine
+    from app.bulk.job import CHUNK_ROWS, IN_FLIGHT
+    from app.config import Settings
+
+    bundle = MODELS / BUNDLES["fp32"]
+    engine = open_engine(Settings(model_dir=bundle), bundle, None)
+    engine.warm_up()
+
+    async def run() -> float:
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(chunk: list[str]) -> None:
+            async with gate:
+                await engine.embed(chunk)
+
+        started = time.perf_counter()
+        chunks = [texts[i : i + CHUNK_ROWS] for i in range(0, len(texts), CHUNK_ROWS)]
+        await asyncio.gather(*(one(chunk) for chunk in chunks))
+        return time.perf_counter() - started
+
+    try:
+        return asyncio.run(run())
+    finally:
+        engine.close()
+
+
 def engine(texts_file: Path, workers: int, batch: int) -> dict[str, Any]:
     """One timed run of the engine, in a child of its own."""
-    command = [sys.executable, __file__, "engine", str(texts_file), str(workers), str(batch)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    python = BULK_PYTHON if batch == 0 else Path(sys.executable)
+    command = [str(python), __file__, "engine", str(texts_file), str(workers), str(batch)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def engine_best(texts_file: Path) -> dict[str, Any]:
-    """The engine's best set-up on these texts: both thread layouts, each batch size."""
+    """The engine's best set-up on these texts: both thread layouts with each batch size, and
+    the engine through its own batcher (batch 0), one worker per core."""
     cores = os.cpu_count() or 1
     runs = [engine(texts_file, w, b) for w in sorted({1, cores}) for b in BATCHES]
+    runs.append(engine(texts_file, cores, 0))
     return max(runs, key=lambda r: r["rows_per_s"])
 
 
@@ -162,6 +203,10 @@ def section() -> tuple[str, bool]:
     ok = sentence_ratio >= 0.95 and ray_ratio >= 0.80
     small, large = (memory[c] for c in MEMORY_ROWS)
     setup = sentence_runs["engine"][0]
+    if setup["batch"]:
+        chosen = f"{setup['workers']} worker(s), batches of {setup['batch']}"
+    else:
+        chosen = "through its own batcher, one worker per core"
     table = [
         ("engine in-process, sentences (best set-up)", best_sentences, 1.0, ""),
         (f"`python -m app.bulk`, {ROWS:,} rows of JSONL", local, sentence_ratio, ">= 0.95"),
@@ -191,7 +236,7 @@ def section() -> tuple[str, bool]:
 {ROWS:,} STS-B rows (the test set's sentences, over and over) and {PASSAGES:,} passages of 150
 to 256 tokens; the fp32 bundle; each job's rate from its own summary (after the model is loaded;
 Ray's after `ray.init`). Medians of {ROUNDS} interleaved rounds, the engine in the best set-up of
-a sweep ({setup["workers"]} worker(s), batches of {setup["batch"]}).
+a sweep ({chosen}).
 
 | | rows/s | vs the engine's best | target |
 |---|---:|---:|---|
