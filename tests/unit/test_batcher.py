@@ -327,3 +327,18 @@ def test_retry_after_never_says_more_than_its_limit(make: Any) -> None:
         raise AssertionError("not refused")
 
     assert asyncio.run(run()).headers["Retry-After"] == "3"
+
+
+def test_the_model_is_asked_to_release_memory_when_the_batcher_goes_idle(make: Any) -> None:
+    engine = make(workers=2, max_batch_rows=2)
+    model = fake(engine)
+    model.delay = 0.01  # passes outlast the requests' arrival, so the queue empties only once
+
+    async def run() -> None:
+        await asyncio.gather(*(engine.embed([t]) for t in TEXTS * 4))
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 2
+    while not model.releases and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 1 <= model.releases < len(model.passes)  # when idle, not after every pass
