@@ -5,7 +5,8 @@
    ``scripts/bench.py``'s measure (tokenize, sort by length, run fixed batches) on both thread
    layouts with three batch sizes, and the engine through its own batcher and planner as the
    server and the job run it (requests of 256 texts, four in flight, nothing read or written).
-2. Then ``ROUNDS`` interleaved rounds, each of: the engine in its best set-up, the local job
+2. Then ``ROUNDS`` interleaved rounds, each of: the engine in its best set-up over the same
+   50,000 texts (so that both are timed over the same work and stretch of time), the local job
    (``python -m app.bulk``) on 50,000 STS-B rows (the test set's sentences, over and over) as a
    file, and the same rows with ``--ray`` on this machine. Each figure is the median of its
    rounds, so that a noisy minute on this shared machine falls on all three alike and a lucky
@@ -130,20 +131,22 @@ def median(runs: list[dict[str, Any]]) -> float:
     return float(statistics.median(r["rows_per_s"] for r in runs))
 
 
-def rounds(texts_file: Path, corpus: Path, folder: Path, *job_args: str) -> dict[str, list[Any]]:
-    """``ROUNDS`` interleaved rounds of the engine's best set-up, the local job and Ray."""
-    best = engine_best(texts_file)
+def rounds(
+    sweep_file: Path, rows_file: Path, corpus: Path, folder: Path, *job_args: str
+) -> dict[str, list[Any]]:
+    """``ROUNDS`` interleaved rounds of the engine's best set-up (found on ``sweep_file``), the
+    local job and Ray. The engine runs over the same rows as the job (``rows_file``), so that
+    both are timed over the same work and the same stretch of time."""
+    best = engine_best(sweep_file)
     runs: dict[str, list[Any]] = {"engine": [], "local": [], "ray": []}
     for r in range(ROUNDS):
         print(f"bulk: {corpus.stem}, round {r + 1} of {ROUNDS} ...", flush=True)
-        runs["engine"].append(engine(texts_file, best["workers"], best["batch"]))
+        runs["engine"].append(engine(rows_file, best["workers"], best["batch"]))
         runs["local"].append(job(corpus, folder / f"{corpus.stem}-local-{r}", *job_args))
         if job_args:  # Ray takes ids from a field
             runs["ray"].append(job(corpus, folder / f"{corpus.stem}-ray-{r}", *job_args, "--ray"))
-        print(
-            "  rows/s:",
-            {name: round(each[-1]["rows_per_s"], 1) for name, each in runs.items() if each},
-        )
+        each = {name: round(done[-1]["rows_per_s"], 1) for name, done in runs.items() if done}
+        print("  rows/s:", each, flush=True)
     return runs
 
 
@@ -188,8 +191,10 @@ def section() -> tuple[str, bool]:
             "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(rows)),
             encoding="utf-8",
         )
-        sentence_runs = rounds(sentence_file, corpus, folder, "--id-field", "id")
-        passage_runs = rounds(passage_file, passage_file, folder)
+        rows_file = folder / "rows.txt"
+        rows_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        sentence_runs = rounds(sentence_file, rows_file, corpus, folder, "--id-field", "id")
+        passage_runs = rounds(passage_file, passage_file, passage_file, folder)
         memory = {}
         for count in MEMORY_ROWS:
             print(f"bulk: memory on {count:,} rows ...", flush=True)
