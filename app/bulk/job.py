@@ -84,18 +84,19 @@ def problem(text: Any, max_chars: int) -> str | None:
 async def run(
     engine: Engine, records: Iterator[Record], plan: Plan, progress: output.Progress
 ) -> output.Progress:
-    """Embed ``records`` (those after the finished rows) into the parts after ``progress``."""
+    """Embed ``records`` (those after the finished rows) into the parts after ``progress``.
+
+    Chunks are settled in order, ``IN_FLIGHT`` at a time, and a part is written as soon as its
+    last chunk is settled, while the next part's chunks are already on the engine: the workers
+    never wait for a part to be written."""
     part = Part(progress.parts)
     pending: deque[Chunk] = deque()
     for records_in_chunk in _chunks(records, plan.part_rows):
         pending.append(_submit(engine, records_in_chunk, plan))
-        last_row = records_in_chunk[-1].row
-        part_ends = (last_row + 1) % plan.part_rows == 0
-        await _settle(pending, part, plan, keep=0 if part_ends else IN_FLIGHT - 1)
-        if part_ends:
-            progress = _commit(part, last_row + 1, plan, progress)
-            part = Part(part.index + 1)
-    await _settle(pending, part, plan, keep=0)
+        while len(pending) >= IN_FLIGHT:
+            part, progress = await _settle(pending.popleft(), part, plan, progress)
+    while pending:
+        part, progress = await _settle(pending.popleft(), part, plan, progress)
     if part.ids or part.errors:
         rows = progress.rows + len(part.ids) + len(part.errors)
         progress = _commit(part, rows, plan, progress)
@@ -125,21 +126,26 @@ def _submit(engine: Engine, records: list[Record], plan: Plan) -> Chunk:
     return Chunk(records, valid, reasons, asyncio.create_task(_embed(engine, valid, plan)))
 
 
-async def _settle(pending: deque[Chunk], part: Part, plan: Plan, keep: int) -> None:
-    """Await the oldest chunks, in order, until ``keep`` remain, adding each to ``part``."""
-    while len(pending) > keep:
-        chunk = pending.popleft()
-        values, tokens, refused = await chunk.work
-        embedded = [r for r in chunk.valid if r.row not in refused]
-        reasons = chunk.reasons | refused
-        for record in chunk.records:
-            if record.row in reasons:
-                error = {"id": record.id, "row": record.row, "reason": reasons[record.row]}
-                part.errors.append(error)
-        part.ids += [r.id for r in embedded]
-        part.values += list(values)
-        part.tokens += tokens
-        plan.meter.advance(len(chunk.records), tokens, failed=len(chunk.records) - len(embedded))
+async def _settle(
+    chunk: Chunk, part: Part, plan: Plan, progress: output.Progress
+) -> tuple[Part, output.Progress]:
+    """Await ``chunk`` and add it to ``part``; if it ends the part, write the part and go on
+    with the next one."""
+    values, tokens, refused = await chunk.work
+    embedded = [r for r in chunk.valid if r.row not in refused]
+    reasons = chunk.reasons | refused
+    for record in chunk.records:
+        if record.row in reasons:
+            error = {"id": record.id, "row": record.row, "reason": reasons[record.row]}
+            part.errors.append(error)
+    part.ids += [r.id for r in embedded]
+    part.values += list(values)
+    part.tokens += tokens
+    plan.meter.advance(len(chunk.records), tokens, failed=len(chunk.records) - len(embedded))
+    last_row = chunk.records[-1].row
+    if (last_row + 1) % plan.part_rows:
+        return part, progress
+    return Part(part.index + 1), _commit(part, last_row + 1, plan, progress)
 
 
 async def _embed(
