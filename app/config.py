@@ -8,8 +8,9 @@ List values are comma-separated in the environment (``EMBED_X=a,b``), never JSON
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -32,6 +33,10 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 Device = Literal["cpu", "cuda", "auto"]
 """Where passes run: the CPU, the GPU (or fail), or the GPU when there is one."""
+
+
+REQUEST_TOKENS = 32768
+"""``EMBED_MAX_REQUEST_TOKENS``' default: half the default queue, 128 inputs of 256 tokens."""
 
 
 class Settings(BaseSettings):
@@ -84,9 +89,10 @@ class Settings(BaseSettings):
     max_queue_tokens: int = Field(default=65536, ge=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     max_request_tokens: int = Field(
-        default=32768,
+        default=REQUEST_TOKENS,
         ge=1,
-        description="tokens (after truncation) one request may hold; at most max_queue_tokens",
+        description="tokens (after truncation) one request may hold; at most max_queue_tokens "
+        "(left unset, it is lowered to a smaller queue)",
     )
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_retry_after_s: int = Field(default=30, ge=1, description="the most Retry-After says")
@@ -110,6 +116,17 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _request_fits_the_queue(cls, data: Any) -> Any:
+        """Left unset, the request limit is at most the queue: lowering the queue alone is
+        never a contradiction."""
+        if isinstance(data, dict) and "max_request_tokens" not in data:
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # reported by the field
+                queue = int(data["max_queue_tokens"])
+                return {**data, "max_request_tokens": min(REQUEST_TOKENS, queue)}
+        return data
 
     @model_validator(mode="after")
     def _limits_agree(self) -> Settings:

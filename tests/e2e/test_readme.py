@@ -5,7 +5,9 @@ goes (and by its length, where it says it).
 
 The examples under "Rerankers, other families, prompts" name models that ``make run`` does not
 serve; they go to a second server that serves those too: the tests' tiny random cross-encoder
-as ``my-reranker`` and the tiny BERT model as ``tiny-bert``.
+as ``my-reranker`` and the tiny BERT model as ``tiny-bert``. Those models are built afresh on
+each machine and their scores differ from one build to the next (their tokenizers are trained
+there), so their floats are not compared; everything else is.
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ def _open_quote(command: str) -> bool:
     return False
 
 
-def same(expected: Any, actual: Any, where: str = "") -> list[str]:
-    """Where ``actual`` differs from what the README shows."""
+def same(expected: Any, actual: Any, where: str = "", floats: bool = True) -> list[str]:
+    """Where ``actual`` differs from what the README shows (its floats too, if ``floats``)."""
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
             return [f"{where}: {actual!r} is not an object"]
@@ -107,7 +109,7 @@ def same(expected: Any, actual: Any, where: str = "") -> list[str]:
         problems += [f"{where}.{k}: not in the README" for k in actual if k not in expected]
         for key in expected.keys() & actual.keys():
             if key not in IGNORED:
-                problems += same(expected[key], actual[key], f"{where}.{key}")
+                problems += same(expected[key], actual[key], f"{where}.{key}", floats)
         return problems
     if isinstance(expected, list):
         if not isinstance(actual, list):
@@ -125,10 +127,11 @@ def same(expected: Any, actual: Any, where: str = "") -> list[str]:
             return [f"{where}: {len(actual)} items, the README shows {len(expected)}"]
         problems = []
         for index, (e, a) in enumerate(zip(expected, actual, strict=True)):
-            problems += same(e, a, f"{where}[{index}]")
+            problems += same(e, a, f"{where}[{index}]", floats)
         return problems
     if isinstance(expected, float) or isinstance(actual, float):
-        ok = isinstance(actual, int | float) and math.isclose(expected, actual, abs_tol=1e-5)
+        close = not floats or math.isclose(expected, actual, abs_tol=1e-5)
+        ok = isinstance(actual, int | float) and close
         return [] if ok else [f"{where}: {actual!r}, the README shows {expected!r}"]
     return [] if expected == actual else [f"{where}: {actual!r}, the README shows {expected!r}"]
 
@@ -173,5 +176,5 @@ def test_each_readme_curl_answers_what_the_readme_shows(
         ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True
     )
     actual = json.loads(done.stdout)
-    problems = same(example.expected, actual)
+    problems = same(example.expected, actual, floats=not example.other_models)
     assert not problems, f"README line {example.line}: {problems}\nactual: {done.stdout}"

@@ -58,3 +58,12 @@ def test_python_m_app_names_a_bad_setting_in_one_line_and_exits_2(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert "EMBED_MAX_REQUEST_TOKENS=70000 is more than EMBED_MAX_QUEUE_TOKENS" in err
+
+
+def test_a_smaller_queue_alone_lowers_the_request_limit_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBED_MAX_QUEUE_TOKENS", "300")
+    assert Settings().max_request_tokens == 300
+    monkeypatch.delenv("EMBED_MAX_QUEUE_TOKENS")
+    assert Settings().max_request_tokens == 32768
