@@ -1,5 +1,5 @@
 """The bulk job's figures, side by side in one run (a section of ``make bench``; alone:
-``.venv-bulk/bin/python scripts/bench_bulk.py``).
+``.venv-export/bin/python scripts/bench_bulk.py``).
 
 1. The engine in-process: a sweep picks its best set-up on these texts among
    ``scripts/bench.py``'s measure (tokenize, sort by length, run fixed batches) on both thread
