@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from app.config import Settings
+from app.config import REQUEST_TOKENS, Settings
 from app.core.batcher import Batcher
 from app.core.model import (
     Floats,
@@ -71,7 +71,7 @@ class Batching:
     max_batch_tokens: int = 1024
     max_batch_rows: int = 64
     max_queue_tokens: int = 65536
-    max_request_tokens: int = 32768  # one request's tokens, after truncation
+    max_request_tokens: int = REQUEST_TOKENS  # one request's tokens, after truncation
     max_retry_after_s: int = 30
     max_wait_s: float = 0.0
     request_timeout_s: float = 30.0
