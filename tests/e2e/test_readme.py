@@ -7,7 +7,8 @@ The examples under "Rerankers, other families, prompts" name models that ``make 
 serve; they go to a second server that serves those too: the tests' tiny random cross-encoder
 as ``my-reranker`` and the tiny BERT model as ``tiny-bert``. Those models are built afresh on
 each machine and their scores differ from one build to the next (their tokenizers are trained
-there), so their floats are not compared; everything else is.
+there), so their floats are not compared, nor the order of a ranking (which follows those
+scores: it is checked to be by descending score, then compared by ``index``); everything else is.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ def _open_quote(command: str) -> bool:
     return False
 
 
+def _ranking(items: list[Any]) -> bool:
+    return all(isinstance(item, dict) and {"index", "score"} <= item.keys() for item in items)
+
+
 def same(expected: Any, actual: Any, where: str = "", floats: bool = True) -> list[str]:
     """Where ``actual`` differs from what the README shows (its floats too, if ``floats``)."""
     if isinstance(expected, dict):
@@ -125,6 +130,12 @@ def same(expected: Any, actual: Any, where: str = "", floats: bool = True) -> li
             expected = shown
         if len(expected) != len(actual):
             return [f"{where}: {len(actual)} items, the README shows {len(expected)}"]
+        if not floats and _ranking(expected) and _ranking(actual):
+            scores = [item["score"] for item in actual]
+            if scores != sorted(scores, reverse=True):
+                return [f"{where}: scores {scores} are not in descending order"]
+            expected = sorted(expected, key=lambda item: item["index"])
+            actual = sorted(actual, key=lambda item: item["index"])
         problems = []
         for index, (e, a) in enumerate(zip(expected, actual, strict=True)):
             problems += same(e, a, f"{where}[{index}]", floats)
