@@ -34,6 +34,12 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Device = Literal["cpu", "cuda", "auto"]
 """Where passes run: the CPU, the GPU (or fail), or the GPU when there is one."""
 
+Backend = Literal["onnxruntime", "openvino", "auto"]
+"""The runtime that runs a bundle's graph (``app.backends.onnx.runtimes``)."""
+
+Precision = Literal["fp32", "bf16", "auto"]
+"""What a pass computes in: fp32, or bf16 where the CPU and the bundle's gate allow it."""
+
 
 REQUEST_TOKENS = 32768
 """``EMBED_MAX_REQUEST_TOKENS``' default: half the default queue, 128 inputs of 256 tokens."""
@@ -65,11 +71,27 @@ class Settings(BaseSettings):
     api_keys: SecretList = Field(default=[], description="Bearer keys; empty means no auth")
     cors_origins: CommaList = Field(default=[], description="browser origins allowed; * for any")
     device: Device = "cpu"
+    backend: Backend = Field(
+        default="auto",
+        description="the runtime: onnxruntime, openvino, or auto (openvino where it runs the "
+        "bundle in bf16, else onnxruntime)",
+    )
+    precision: Precision = Field(
+        default="auto",
+        description="fp32; bf16 (a CPU with AVX512_BF16 or AMX and a bundle whose bf16 gate "
+        "held, on openvino); auto: bf16 where it may run, else fp32",
+    )
     inference_workers: int = Field(
         default=0, ge=0, description="forward passes run at once; 0: one per core (one on CUDA)"
     )
     intra_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime threads in one pass; 0: cores / workers"
+    )
+    lone_pass_threads: int = Field(
+        default=0,
+        ge=0,
+        description="threads for a pass that runs alone (nothing else running or queued): a "
+        "second runner of each model over these; 0: every core; at most intra_op_threads: none",
     )
     inter_op_threads: int = Field(default=1, ge=0)
     max_inputs: int = Field(default=2048, ge=1)

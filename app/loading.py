@@ -12,6 +12,7 @@ from pathlib import Path
 
 from app.backends.onnx.bundle import EXPORT_HINT, MANIFEST, load_bundle
 from app.backends.onnx.model import OnnxModel
+from app.backends.onnx.runtimes import choose
 from app.backends.onnx.session import runs_on_gpu
 from app.config import Settings
 from app.core.engine import Batching, Engine, Limits
@@ -53,12 +54,17 @@ def settings_plan(settings: Settings) -> ThreadPlan:
 def load_model(settings: Settings, path: Path, plan: ThreadPlan | None = None) -> OnnxModel:
     """The bundle in ``path`` on its backend; ``StartupError`` says what is wrong."""
     plan = plan or settings_plan(settings)
+    bundle = load_bundle(path)
+    choice = choose(settings.backend, settings.precision, bundle, device=settings.device)
     return OnnxModel.load(
-        load_bundle(path),
+        bundle,
         device=settings.device,
         intra_op_threads=plan.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         max_sparse_pass_tokens=settings.max_sparse_pass_tokens,
+        choice=choice,
+        workers=plan.workers,
+        lone_threads=plan.lone_threads,
     )
 
 

@@ -57,6 +57,7 @@ from app.backends.onnx.bundle import (
 from app.backends.onnx.model import KNOWN_INPUTS, OnnxModel
 from app.backends.onnx.packing import PACKED_INPUTS
 from app.backends.onnx.pooling import SUPPORTED_POOLING
+from app.backends.onnx.runtimes import BF16_FLAGS, BF16_GATE, Choice, native_bf16
 from app.core.model import ModelKind, TokenIds
 from app.core.vectors import encode_now, l2_normalize
 
@@ -328,6 +329,44 @@ def check_int8(bundle_dir: Path, fp32_dir: Path, stsb: Path) -> dict[str, float]
     }
 
 
+def check_bf16(bundle_dir: Path, stsb: Path | None) -> dict[str, Any]:
+    """The bf16 gate, recorded in the manifest: OpenVINO in bf16 against onnxruntime in fp32
+    over every STS-B sentence. Only a CPU that computes bf16 natively can run it honestly (an
+    emulated run is not what a server would run); elsewhere the record says why it was not
+    checked, and servers will not run the bundle in bf16."""
+    if not native_bf16():
+        return {
+            "passed": False,
+            "reason": f"not checked: the exporting CPU has none of "
+            f"{', '.join(BF16_FLAGS)} (re-export on one that has)",
+        }
+    if stsb is None or not stsb.is_file():
+        return {"passed": False, "reason": f"not checked: no STS-B data at {stsb} (--stsb)"}
+    pairs = variants.load_stsb(stsb)
+    bundle = load_bundle(bundle_dir)
+    fp32 = variants.stsb_vectors(OnnxModel.load(bundle), pairs)
+    bf16 = variants.stsb_vectors(OnnxModel.load(bundle, choice=Choice("openvino", "bf16")), pairs)
+    checks = {
+        "stsb_spearman": variants.stsb_score(bf16, pairs),
+        "stsb_spearman_fp32": variants.stsb_score(fp32, pairs),
+        "worst_cosine_to_fp32": float((bf16 * fp32).sum(axis=1).min()),
+    }
+    missed = [
+        f"{name} {checks[name]:.6f} < {floor}"
+        for name, floor in BF16_GATE.items()
+        if checks[name] < floor
+    ]
+    record: dict[str, Any] = {
+        "passed": not missed,
+        "runtime": f"openvino {version('openvino')}",
+        "sentences": 2 * len(pairs),
+        **{name: round(value, 6) for name, value in checks.items()},
+    }
+    if missed:
+        record["reason"] = "; ".join(missed)
+    return record
+
+
 def build(
     source: Source, work: Path, variant: Variant, stsb: Path | None, *, padded: bool = False
 ) -> dict[str, Any]:
@@ -349,6 +388,11 @@ def build(
             raise ExportFailed(f"int8 is gated on STS-B; no data at {stsb} (--stsb PATH)")
         checks |= check_int8(out_dir, fp32_dir, stsb)
     manifest["verification"] = {"sentences": len(SENTENCES), **checks}
+    if variant == "int8":  # its quantised operators are onnxruntime's own
+        manifest["backends"] = ["onnxruntime"]
+    elif variant in ("fp32", "fp32-optimized"):
+        _write_manifest(out_dir, manifest)
+        manifest["bf16"] = check_bf16(out_dir, stsb)
     _write_manifest(out_dir, manifest)
     gate_failures = gates_failed(variant, checks)
     if gate_failures:

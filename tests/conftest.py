@@ -31,7 +31,8 @@ def settings() -> Settings:
     # One inference worker, so that a test can make "the model busy" by holding one pass.
     # Several workers are tested in tests/unit/test_batcher.py, and the e2e servers run the
     # defaults (one worker per core).
-    return Settings(model_dir=MODEL_DIR, inference_workers=1)
+    # fp32, as parity with PyTorch is checked; bf16 is tested apart (tests/model/test_runtimes.py).
+    return Settings(model_dir=MODEL_DIR, inference_workers=1, precision="fp32")
 
 
 @pytest.fixture(scope="session")
@@ -66,12 +67,12 @@ def stsb() -> list[tuple[float, str, str]]:
     return rows
 
 
-def slowed(forward: Callable[[Any], Any], seconds: float) -> Callable[[Any], Any]:
+def slowed(forward: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     """``forward`` taking ``seconds`` longer: a busy model, for queue and deadline tests."""
 
-    def slow(encodings: Any) -> Any:
+    def slow(encodings: Any, *, alone: bool = False) -> Any:
         time.sleep(seconds)
-        return forward(encodings)
+        return forward(encodings, alone=alone)
 
     return slow
 
@@ -80,16 +81,16 @@ class HeldForward:
     """A forward pass that holds the model until ``release`` is set, recording each row's first
     word: lets a test queue requests behind a busy model and see which ones reached it."""
 
-    def __init__(self, forward: Callable[[Any], Any]) -> None:
+    def __init__(self, forward: Callable[..., Any]) -> None:
         self.forward = forward
         self.entered, self.release = threading.Event(), threading.Event()
         self.seen: list[str] = []
 
-    def __call__(self, encodings: Any) -> Any:
+    def __call__(self, encodings: Any, *, alone: bool = False) -> Any:
         self.seen.extend(e.tokens[1] for e in encodings)
         self.entered.set()
         self.release.wait(5)
-        return self.forward(encodings)
+        return self.forward(encodings, alone=alone)
 
     async def wait_until_busy(self) -> None:
         await asyncio.to_thread(self.entered.wait, 5)

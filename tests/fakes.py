@@ -114,7 +114,7 @@ class FakeModel:
     def inspect(self, texts: Sequence[str]) -> list[FakeRow]:
         return [tokenize_one(text) for text in texts]
 
-    def run(self, rows: Sequence[Row]) -> Floats:
+    def run(self, rows: Sequence[Row], *, alone: bool = False) -> Floats:
         words = [getattr(row, "tokens", ["", "?"])[1:2] or [""] for row in rows]
         self.passes.append([w[0] for w in words])
         if any(POISON in getattr(row, "tokens", ()) for row in rows):

@@ -92,8 +92,9 @@ def bundle_path(settings: Settings, model: str | None) -> Path:
 
 
 def open_engine(settings: Settings, path: Path, batch_tokens: int | None) -> Engine:
-    """The service's engine on the bundle, with a queue that takes all the job sends."""
-    plan = settings_plan(settings)
+    """The service's engine on the bundle, with a queue that takes all the job sends. A job
+    keeps every worker busy, so it has no lone passes and no runner for them."""
+    plan = settings_plan(settings)._replace(lone_threads=0)
     model = load_model(settings, path, plan)
     batching = replace(
         Batching.from_settings(settings, plan),

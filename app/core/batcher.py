@@ -8,7 +8,9 @@ all workers share. Before every pass it plans the whole window afresh (``plan_ba
 by length, cut where padding would cost most) and runs the one pass that holds the window's
 oldest row. Rows that were left out wait for partners of their own length among the next
 arrivals; the oldest row always goes next, so a row waits at most one pass for each older row
-in the window. docs/batching.md has the measurements behind these choices.
+in the window. A pass that finds nothing else running or waiting, on any model sharing the
+cores, takes every core's permit and runs ``alone`` (the model may spread it over all of them,
+docs/threads.md). docs/batching.md has the measurements behind these choices.
 
 Each row's output goes back into its request's own array, so every caller gets its inputs'
 rows in its own order, finished (cut, normalised) as the request asked. Requests whose future
@@ -113,6 +115,7 @@ class Batcher:
         # with a permit per worker, so their passes take turns on the cores instead of running
         # at once and oversubscribing them.
         self._cores = cores or threading.Semaphore(workers)
+        self._permits = workers
         self.model_id = model.info.id
         # This model's metric series, looked up once rather than on every request and pass.
         self._queue_depth = QUEUE_DEPTH.labels(self.model_id)
@@ -215,10 +218,13 @@ class Batcher:
                 if self.max_wait_s and not self._window:  # an optional short wait for company
                     self._cond.wait_for(self._full_or_stopping, self.max_wait_s)
                 self._fill()
+                # Nothing else running or waiting: the pass may take every core.
+                alone = not self._busy
                 rows = self._next_pass()
+                alone = alone and not self._window and not self._jobs
             if rows:
                 try:
-                    self._run_pass(rows)
+                    self._run_pass(rows, alone)
                 finally:
                     with self._cond:
                         for job in {job for job, _ in rows}:
@@ -313,7 +319,7 @@ class Batcher:
         self._busy += 1
         return rows
 
-    def _run_pass(self, rows: list[tuple[Job, int]]) -> None:
+    def _run_pass(self, rows: list[tuple[Job, int]], alone: bool = False) -> None:
         inputs = [job.rows[row] for job, row in rows]
         now = time.perf_counter()
         for job, _ in rows:
@@ -321,11 +327,15 @@ class Batcher:
                 job.started = True
                 job.queue_s = now - job.enqueued
                 self._queue_wait.observe(job.queue_s)
+        held = self._take_cores(alone)
         try:
-            with self._cores:
+            try:
                 started = time.perf_counter()
-                outputs = self.model.run(inputs)
+                outputs = self.model.run(inputs, alone=held > 1)
                 elapsed = time.perf_counter() - started
+            finally:
+                for _ in range(held):
+                    self._cores.release()
             if outputs.shape != (len(inputs), self.model.info.width):
                 raise RuntimeError(
                     f"{self.model_id} returned {outputs.shape} for {len(inputs)} rows; "
@@ -356,6 +366,20 @@ class Batcher:
                 outcome = Outcome(self.model_id, values, job.lengths, job.queue_s, job.inference_s)
                 finished.append((job, outcome))
         _deliver(finished)
+
+    def _take_cores(self, alone: bool) -> int:
+        """The permits a pass holds: every one when it runs alone and none is taken (no pass of
+        this model or of another that shares the cores is running), else one."""
+        if alone and self._permits > 1:
+            taken = 0
+            while taken < self._permits and self._cores.acquire(blocking=False):
+                taken += 1
+            if taken == self._permits:
+                return taken
+            for _ in range(taken):
+                self._cores.release()
+        self._cores.acquire()
+        return 1
 
     def _retry_alone(self, rows: list[tuple[Job, int]], exc: Exception) -> None:
         """A pass failed: run each request's rows again on their own, so that one request's bad

@@ -161,8 +161,11 @@ class Engine:
         return self.info.id
 
     def warm_up(self) -> None:
-        """Run the model once so that the first request does not pay for lazy initialisation."""
-        self.model.run(self.model.tokenize(WARMUP_TEXTS, truncate=True))
+        """Run the model once, as a shared pass and as a lone one, so that the first request
+        does not pay for lazy initialisation."""
+        rows = self.model.tokenize(WARMUP_TEXTS, truncate=True)
+        self.model.run(rows)
+        self.model.run(rows, alone=True)
 
     async def embed(
         self,

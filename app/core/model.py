@@ -118,8 +118,9 @@ class Model(Protocol):
         """The vocabulary's token for each id (a sparse vector's entries, by name)."""
         ...
 
-    def run(self, rows: Sequence[Row]) -> Floats:
-        """One forward pass: ``(len(rows), info.width)`` float32, row i for ``rows[i]``."""
+    def run(self, rows: Sequence[Row], *, alone: bool = False) -> Floats:
+        """One forward pass: ``(len(rows), info.width)`` float32, row i for ``rows[i]``.
+        ``alone``: no other pass runs or waits, so this one may spread over every core."""
         ...
 
     def release_memory(self) -> None:

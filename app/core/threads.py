@@ -2,8 +2,10 @@
 
 On the CPU the default is one worker per core, each pass on one thread: two runtime threads in
 one pass work in lockstep, and whenever the event loop takes a core the other waits, while two
-one-thread passes share one model's weights and lose less (docs/threads.md has the figures). On
-a GPU one worker feeds the device.
+one-thread passes share one model's weights and lose less (docs/threads.md has the figures). A
+pass that runs alone, with nothing else running or queued, goes to a second runner of the model
+on every core instead, so that a lone request does not leave the other cores idle. On a GPU one
+worker feeds the device.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ThreadPlan(NamedTuple):
     workers: int  # forward passes run at once
     intra_op_threads: int  # runtime threads inside each pass
     pass_overhead_tokens: int  # a pass's fixed cost in tokens, which the batch planner weighs
+    lone_threads: int = 0  # threads for a pass that runs alone; 0: no such pass
 
 
 def thread_plan(settings: Settings, *, on_gpu: bool) -> ThreadPlan:
@@ -42,4 +45,5 @@ def thread_plan(settings: Settings, *, on_gpu: bool) -> ThreadPlan:
     intra = settings.intra_op_threads or max(1, cores // workers)
     measured = PASS_OVERHEAD_TOKENS if on_gpu else CPU_OVERHEAD_TOKENS_PER_THREAD * intra
     overhead = settings.pass_overhead_tokens or measured
-    return ThreadPlan(workers, intra, overhead)
+    lone = 0 if on_gpu else settings.lone_pass_threads or cores
+    return ThreadPlan(workers, intra, overhead, lone if lone > intra else 0)

@@ -137,10 +137,10 @@ def test_a_fault_on_one_requests_rows_spares_the_others_in_its_batch(
 ) -> None:
     held = HeldForward(engine.model.run)
 
-    def poisoned(encodings: Any) -> Any:
+    def poisoned(encodings: Any, *, alone: bool = False) -> Any:
         if any("poison" in e.tokens for e in encodings):
             raise RuntimeError("injected fault at /opt/model")
-        return held(encodings)
+        return held(encodings, alone=alone)
 
     monkeypatch.setattr(engine.model, "run", poisoned)
     texts = ["hold the model", "cats sleep", "poison pill", "dogs bark"]
@@ -186,7 +186,7 @@ def test_bad_input_never_reaches_the_model(
     passes: list[int] = []
     forward = engine.model.run
 
-    def counting(rows: Any) -> Any:
+    def counting(rows: Any, *, alone: bool = False) -> Any:
         passes.append(len(rows))
         return forward(rows)
 

@@ -13,9 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
+from app.backends.onnx.runtimes import native_bf16
 from app.config import Settings
 from tests.api.test_metrics import sample
-from tests.e2e.conftest import Server, start
+from tests.e2e.conftest import Server, serving, start
 
 pytestmark = pytest.mark.e2e
 
@@ -139,6 +140,7 @@ def broken_bundle(source: Path, folder: Path, fault: str) -> Path:
         ("missing tokenizer", "has no tokenizer.json; re-export it"),
         ("cuda without its provider", "install the CUDA build of onnxruntime"),
         ("unknown default model", "EMBED_DEFAULT_MODEL=nope is not served"),
+        ("bf16 on a CPU without it", "EMBED_PRECISION=bf16 cannot serve all-MiniLM-L6-v2: "),
     ],
 )
 def test_startup_faults_exit_with_one_clear_line(
@@ -153,6 +155,10 @@ def test_startup_faults_exit_with_one_clear_line(
         env["EMBED_MODEL_DIR"] = str(broken_bundle(settings.model_dir, tmp_path, fault))
     elif fault == "unknown default model":
         env["EMBED_DEFAULT_MODEL"] = "nope"
+    elif fault == "bf16 on a CPU without it":
+        if native_bf16():
+            pytest.skip("this CPU computes bf16 natively")
+        env["EMBED_PRECISION"] = "bf16"
     else:
         if "CUDAExecutionProvider" in ort.get_available_providers():
             pytest.skip("this onnxruntime has the CUDA provider")
@@ -164,3 +170,20 @@ def test_startup_faults_exit_with_one_clear_line(
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], output
     assert "Traceback" not in output
+
+
+def test_openvino_serves_what_onnxruntime_serves(
+    settings: Settings, server: Server, tmp_path: Path
+) -> None:
+    """EMBED_BACKEND=openvino in fp32: the same vectors over HTTP, lone and batched, and the
+    runtime named in /info."""
+    texts = ["a lone sentence", "two of them, one longer than the other", "and a third"]
+    with serving(settings, tmp_path, EMBED_BACKEND="openvino") as openvino:
+        (model,) = httpx.get(f"{openvino.url}/info").json()["models"]
+        assert model["provider"] == "OpenVINO CPU fp32"
+        for inputs in (texts[:1], texts):
+            ours, theirs = (
+                np.array(httpx.post(f"{s.url}/embed", json={"inputs": inputs}).json()["embeddings"])
+                for s in (openvino, server)
+            )
+            assert np.allclose(ours, theirs, atol=1e-5)

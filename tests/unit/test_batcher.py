@@ -71,16 +71,22 @@ def test_workers_run_passes_at_once_but_never_more_than_their_number(make: Any) 
         run_pass = engine.model.run
 
         def counting(
-            batch: Sequence[Row], run_pass: Any = run_pass, lock: threading.Lock = lock
+            batch: Sequence[Row],
+            *,
+            alone: bool = False,
+            run_pass: Any = run_pass,
+            lock: threading.Lock = lock,
+            workers: int = workers,
         ) -> Floats:
             nonlocal busy, most, rows
+            cores = workers if alone else 1  # a lone pass takes every core
             with lock:
-                busy += 1
+                busy += cores
                 most = max(most, busy)
                 rows += len(batch)
             time.sleep(0.02)
             with lock:
-                busy -= 1
+                busy -= cores
             result: Floats = run_pass(batch)
             return result
 
@@ -229,7 +235,7 @@ def test_a_model_that_answers_the_wrong_shape_fails_the_request_not_the_worker(
 ) -> None:
     engine = make(workers=1)
     run_pass = engine.model.run
-    engine.model.run = lambda rows: run_pass(rows)[:, :3]
+    engine.model.run = lambda rows, alone=False: run_pass(rows)[:, :3]
 
     async def run() -> None:
         with pytest.raises(RuntimeError, match="expected"):

@@ -64,7 +64,7 @@ def overlapping_passes(cores: list[threading.Semaphore]) -> int:
     def timed(model: FakeModel) -> Any:
         run_pass = model.run
 
-        def run(rows: Sequence[Any]) -> Any:
+        def run(rows: Sequence[Any], *, alone: bool = False) -> Any:
             started = time.perf_counter()
             time.sleep(0.02)
             result = run_pass(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +18,12 @@ from datetime import datetime
 from typing import cast
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Encoding
 
 from app.backends.onnx.bundle import Bundle
 from app.backends.onnx.packing import PACKED_INPUT, PACKED_INPUTS, Packed, pack, pool_packed
 from app.backends.onnx.pooling import Ints, PoolingMode, pool
-from app.backends.onnx.session import create_session
+from app.backends.onnx.runtimes import ONNXRUNTIME_FP32, Choice, Runner, open_runner
 from app.backends.onnx.tokenizer import TextTokenizer
 from app.core.model import Floats, ModelInfo, ModelKind, Row
 from app.errors import StartupError
@@ -55,25 +55,28 @@ class OnnxModel:
     def __init__(
         self,
         bundle: Bundle,
-        session: ort.InferenceSession,
+        runner: Runner,
         *,
+        wide: Runner | None = None,
         max_sparse_pass_tokens: int | None = None,
     ) -> None:
         self.bundle = bundle
-        self.session = session
-        self.provider: str = session.get_providers()[0]
-        self._feed_names = [i.name for i in session.get_inputs()]
+        self.runner = runner
+        # A lone pass (nothing else running or queued) may take every core on this one.
+        self.wide = wide
+        self.provider: str = self.runner.name
+        self._feed_names = self.runner.input_names
         # The graph says how it takes a pass: padded (rows x width) or packed, and the feed is
         # built for the names it declares.
         self.packed = PACKED_INPUT in self._feed_names
-        self._grown = False  # a large pass ran since the memory was last given back
+        self._grown: set[int] = set()  # runners (by id) that ran a large pass since a release
         unknown = set(self._feed_names) - set(PACKED_INPUTS if self.packed else KNOWN_INPUTS)
         if unknown:
             raise StartupError(
                 f"{bundle.model_path} takes inputs {sorted(unknown)} that a text encoder does "
                 "not feed; export a sentence-transformers model with scripts/export_onnx.py"
             )
-        self._output = [bundle.output_name]
+        self._output = bundle.output_name
         self.tokenizer = TextTokenizer(bundle.tokenizer_path, bundle.max_seq_length)
         self._info = ModelInfo(
             id=bundle.id,
@@ -105,8 +108,13 @@ class OnnxModel:
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
         max_sparse_pass_tokens: int | None = None,
+        choice: Choice = ONNXRUNTIME_FP32,
+        workers: int = 1,
+        lone_threads: int = 0,
     ) -> OnnxModel:
-        """Open the bundle's model on ``device`` and its tokenizer. A bundle whose graph is
+        """Open the bundle's graph on ``choice``'s runtime for ``workers`` passes at once of
+        ``intra_op_threads`` each, and its tokenizer. With ``lone_threads`` above that, a
+        second runner spreads a lone pass over that many threads. A bundle whose graph is
         unsafe on more threads (its manifest's ``max_intra_op_threads``) gets no more."""
         cap = bundle.max_intra_op_threads
         if cap is not None and (intra_op_threads == 0 or intra_op_threads > cap):
@@ -117,13 +125,16 @@ class OnnxModel:
                     cap,
                 )
             intra_op_threads = cap
-        session = create_session(
-            str(bundle.model_path),
-            device=device,
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
+        if cap is not None:
+            lone_threads = min(lone_threads, cap)
+        opening = functools.partial(
+            open_runner, bundle, choice, device=device, inter_op=inter_op_threads
         )
-        return cls(bundle, session, max_sparse_pass_tokens=max_sparse_pass_tokens)
+        runner = opening(streams=workers, threads=intra_op_threads)
+        wide = None
+        if device == "cpu" and intra_op_threads and lone_threads > intra_op_threads:
+            wide = opening(streams=1, threads=lone_threads)
+        return cls(bundle, runner, wide=wide, max_sparse_pass_tokens=max_sparse_pass_tokens)
 
     @property
     def info(self) -> ModelInfo:
@@ -150,11 +161,13 @@ class OnnxModel:
     def inspect(self, texts: Sequence[str]) -> list[Encoding]:
         return self.tokenizer.whole(texts)
 
-    def run(self, rows: Sequence[Row]) -> Floats:
-        """One pass over ``rows``, pooled; vectors are not normalised."""
+    def run(self, rows: Sequence[Row], *, alone: bool = False) -> Floats:
+        """One pass over ``rows``, pooled; vectors are not normalised. ``alone``: nothing else
+        runs, so the pass may take every core."""
+        runner = self.wide if alone and self.wide else self.runner
         if max(len(row.ids) for row in rows) >= RELEASE_FROM_WIDTH:
-            self._grown = True
-        out, layout = self._forward(rows)
+            self._grown.add(id(runner))
+        out, layout = self._forward(rows, runner)
         if self._pooled_in_graph:
             return out
         mode = cast(PoolingMode, self.bundle.pooling)
@@ -163,40 +176,43 @@ class OnnxModel:
         return pool(mode, out, layout, _skips(rows))
 
     def release_memory(self) -> None:
-        """onnxruntime keeps the largest pass's working memory in its arena for good (one pass
-        of 32 rows of 256 tokens leaves the process 400 MB larger), and glibc keeps what the
-        arena frees. After large passes, once idle: one tiny pass that shrinks the arena to what
-        it needs, then the heap's free pages go back to the system. Short passes, whose memory
-        is small and reused, never pay for this."""
+        """Runtimes keep the largest pass's working memory for good (onnxruntime's arena: one
+        pass of 32 rows of 256 tokens leaves the process 400 MB larger), and glibc keeps what
+        they free. After large passes, once idle: each runner that ran one gives back what it
+        holds (a tiny pass with arena shrinkage, on onnxruntime), then the heap's free pages go
+        back to the system. Short passes, whose memory is small and reused, never pay for
+        this."""
         if not self._grown:
             return
-        self._grown = False
-        self._forward(self.tokenize(["."], truncate=True), _RELEASE)
+        grown, self._grown = self._grown, set()
+        feed, _ = self._feed(self.tokenize(["."], truncate=True))
+        for runner in (self.runner, self.wide):
+            if runner is not None and id(runner) in grown:
+                runner.shrink(self._output, feed)
         _trim_heap()
 
-    def _forward(
-        self, rows: Sequence[Row], options: ort.RunOptions | None = None
-    ) -> tuple[Floats, Packed | Ints]:
+    def _forward(self, rows: Sequence[Row], runner: Runner) -> tuple[Floats, Packed | Ints]:
         """The graph's output for ``rows``, and what pooling it needs: the packing, or the
         attention mask of the padded rows."""
+        feed, layout = self._feed(rows)
+        return runner.run(self._output, feed).astype(np.float32, copy=False), layout
+
+    def _feed(self, rows: Sequence[Row]) -> tuple[dict[str, Ints], Packed | Ints]:
         layout: Packed | Ints
         if self.packed:
             layout = pack(rows)
-            feed = {name: layout.feed[name] for name in self._feed_names}
-        else:
-            width = max(len(row.ids) for row in rows)
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            types = np.zeros_like(ids)
-            layout = np.zeros_like(ids)
-            for index, row in enumerate(rows):
-                n = len(row.ids)
-                ids[index, :n] = row.ids
-                types[index, :n] = row.type_ids
-                layout[index, :n] = 1
-            arrays = {"input_ids": ids, "attention_mask": layout, "token_type_ids": types}
-            feed = {name: arrays[name] for name in self._feed_names}
-        out: Floats = self.session.run(self._output, feed, options)[0]
-        return out.astype(np.float32, copy=False), layout
+            return {name: layout.feed[name] for name in self._feed_names}, layout
+        width = max(len(row.ids) for row in rows)
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros_like(ids)
+        layout = np.zeros_like(ids)
+        for index, row in enumerate(rows):
+            n = len(row.ids)
+            ids[index, :n] = row.ids
+            types[index, :n] = row.type_ids
+            layout[index, :n] = 1
+        arrays = {"input_ids": ids, "attention_mask": layout, "token_type_ids": types}
+        return {name: arrays[name] for name in self._feed_names}, layout
 
     def close(self) -> None:
         """The session is freed with the model; nothing to do before."""
@@ -206,8 +222,6 @@ RELEASE_FROM_WIDTH = 128
 """A pass whose longest row has at least this many tokens leaves working memory behind worth
 giving back once the server is idle: attention holds rows x heads x width^2 scores, so long rows
 are what make a pass large."""
-_RELEASE = ort.RunOptions()
-_RELEASE.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 def _trim_heap() -> None:
