@@ -16,7 +16,7 @@ from app.backends.onnx import runtimes
 from app.backends.onnx.bundle import Bundle, load_bundle
 from app.backends.onnx.model import OnnxModel
 from app.backends.onnx.runtimes import Choice, choose, cpu_flags, native_bf16
-from app.config import Settings
+from app.config import Backend, Settings
 from app.core.vectors import encode_now, l2_normalize
 from app.errors import StartupError
 from app.loading import load_model
@@ -52,7 +52,9 @@ def test_a_graph_openvino_cannot_run_is_refused_with_the_way_out() -> None:
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_a_lone_pass_on_every_core_gives_the_same_vectors(settings: Settings, backend: str) -> None:
+def test_a_lone_pass_on_every_core_gives_the_same_vectors(
+    settings: Settings, backend: Backend
+) -> None:
     model = load_model(
         Settings(model_dir=settings.model_dir, backend=backend, precision="fp32"),
         settings.model_dir,
