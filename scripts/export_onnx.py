@@ -58,6 +58,7 @@ from app.backends.onnx.model import KNOWN_INPUTS, OnnxModel
 from app.backends.onnx.packing import PACKED_INPUTS
 from app.backends.onnx.pooling import SUPPORTED_POOLING
 from app.backends.onnx.runtimes import BF16_FLAGS, BF16_GATE, Choice, native_bf16
+from app.bundle import write_archive
 from app.core.model import ModelKind, TokenIds
 from app.core.vectors import encode_now, l2_normalize
 
@@ -483,6 +484,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="plain fp32 with the padded graph instead of the packed one (for comparison)",
     )
     parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="also write <output-dir>/<name>.zip: the bundle's files, for POST /admin/models or "
+        "python -m app.bundle check",
+    )
+    parser.add_argument(
         "--stsb",
         type=Path,
         default=DEFAULT_STSB,
@@ -541,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = build(source, work, variant, args.stsb, padded=args.padded)
         replace_dir(summary["dir"], args.output_dir / name)
+        if args.archive:
+            archive = write_archive(args.output_dir / name, args.output_dir / f"{name}.zip")
+            print(f"archived {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
     except Unsupported as exc:
         print(f"export REFUSED: {exc}", file=sys.stderr)
         return 2
