@@ -45,7 +45,7 @@ from app.backends.onnx.bundle import (
 from app.backends.onnx.model import OnnxModel
 from app.core.model import ModelKind, Row
 from app.core.vectors import encode_now, l2_normalize
-from app.errors import StartupError
+from app.errors import InvalidArchive, InvalidBundle, StartupError
 
 EXTERNAL_DATA = "model.onnx.data"
 REQUIRED_FILES = (MANIFEST, MODEL_FILE, TOKENIZER_FILE)
@@ -64,24 +64,12 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-class BundleFault(ValueError):
-    """What is wrong with a bundle, naming the file or field, what was expected and found."""
-
-    code = "invalid_bundle"
-
-
-class ArchiveFault(BundleFault):
-    """The archive itself is unsafe or malformed; nothing was extracted."""
-
-    code = "invalid_archive"
-
-
 def archive_members(archive: Path, max_bytes: int = MAX_BYTES) -> dict[str, zipfile.ZipInfo]:
     """The archive's members by the bundle file each becomes, checked before extracting."""
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ArchiveFault(f"{archive.name}: not a zip archive ({exc})") from None
+        raise InvalidArchive(f"{archive.name}: not a zip archive ({exc})") from None
     with zf:
         infos = [info for info in zf.infolist() if not info.is_dir()]
     names = [_member_path(info) for info in infos]
@@ -92,27 +80,27 @@ def archive_members(archive: Path, max_bytes: int = MAX_BYTES) -> dict[str, zipf
     for info, path in zip(infos, names, strict=True):
         name = path.parts[-1] if strip else str(path)
         if name not in BUNDLE_FILES:
-            raise ArchiveFault(
+            raise InvalidArchive(
                 f"{info.filename}: not a bundle file; a bundle holds {', '.join(BUNDLE_FILES)} "
                 "(at the archive's top level or in one folder), nothing else"
             )
         if name in members:
-            raise ArchiveFault(f"{info.filename}: {name} appears twice in the archive")
+            raise InvalidArchive(f"{info.filename}: {name} appears twice in the archive")
         total += info.file_size
         if total > max_bytes:
-            raise ArchiveFault(
+            raise InvalidArchive(
                 f"the archive holds more than {max_bytes} bytes uncompressed "
                 "(EMBED_MAX_UPLOAD_BYTES)"
             )
         if info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise ArchiveFault(
+            raise InvalidArchive(
                 f"{info.filename}: compressed {info.file_size / max(info.compress_size, 1):.0f}"
                 f":1, more than {MAX_RATIO}:1 (a zip bomb?)"
             )
         members[name] = info
     missing = [name for name in REQUIRED_FILES if name not in members]
     if missing:
-        raise ArchiveFault(f"the archive has no {', '.join(missing)}; a bundle needs all three")
+        raise InvalidArchive(f"the archive has no {', '.join(missing)}; a bundle needs all three")
     return members
 
 
@@ -120,13 +108,13 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
     name = info.filename
     mode = info.external_attr >> 16
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise ArchiveFault(f"{name}: an absolute path; members must be relative")
+        raise InvalidArchive(f"{name}: an absolute path; members must be relative")
     path = PurePosixPath(name.replace("\\", "/"))
     if ".." in path.parts:
-        raise ArchiveFault(f"{name}: a path with '..'; members must stay inside the bundle")
+        raise InvalidArchive(f"{name}: a path with '..'; members must stay inside the bundle")
     if mode and (stat.S_ISLNK(mode) or not stat.S_ISREG(mode)):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
-        raise ArchiveFault(f"{name}: {kind}; a bundle holds regular files only")
+        raise InvalidArchive(f"{name}: {kind}; a bundle holds regular files only")
     return path
 
 
@@ -142,22 +130,22 @@ def extract(archive: Path, folder: Path, max_bytes: int = MAX_BYTES) -> None:
                 while block := source.read(1 << 20):
                     written += len(block)
                     if written > info.file_size:
-                        raise ArchiveFault(f"{info.filename}: larger than it declares")
+                        raise InvalidArchive(f"{info.filename}: larger than it declares")
                     target.write(block)
 
 
 def check_folder(folder: Path) -> dict[str, Any]:
-    """Check the bundle in ``folder`` as the server would; its manifest, or ``BundleFault``."""
+    """Check the bundle in ``folder`` as the server would; its manifest, or ``InvalidBundle``."""
     extra = sorted(p.name for p in folder.iterdir() if p.name not in BUNDLE_FILES)
     if extra:
-        raise BundleFault(f"{', '.join(extra)}: not a bundle file ({', '.join(BUNDLE_FILES)})")
+        raise InvalidBundle(f"{', '.join(extra)}: not a bundle file ({', '.join(BUNDLE_FILES)})")
     for name in REQUIRED_FILES:
         if not (folder / name).is_file():
-            raise BundleFault(f"{name}: missing; a bundle needs {', '.join(REQUIRED_FILES)}")
+            raise InvalidBundle(f"{name}: missing; a bundle needs {', '.join(REQUIRED_FILES)}")
     manifest = _manifest(folder / MANIFEST)
     found = sha256_of(folder / MODEL_FILE)
     if found != manifest["model_sha256"]:
-        raise BundleFault(
+        raise InvalidBundle(
             f"{MODEL_FILE}: sha256 {found}, the manifest's model_sha256 is "
             f"{manifest['model_sha256']} (a corrupt or partly copied file)"
         )
@@ -166,7 +154,7 @@ def check_folder(folder: Path) -> dict[str, Any]:
     try:
         bundle = load_bundle(folder)
     except StartupError as exc:
-        raise BundleFault(f"{MANIFEST}: {exc}") from None
+        raise InvalidBundle(f"{MANIFEST}: {exc}") from None
     _check_runs(folder, manifest, bundle)
     return manifest
 
@@ -175,23 +163,25 @@ def _manifest(file: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleFault(f"{MANIFEST}: not valid JSON ({exc})") from None
+        raise InvalidBundle(f"{MANIFEST}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict):
-        raise BundleFault(f"{MANIFEST}: a JSON object expected, found {type(manifest).__name__}")
+        raise InvalidBundle(f"{MANIFEST}: a JSON object expected, found {type(manifest).__name__}")
     for field, kind in FIELDS.items():
         if field not in manifest:
-            raise BundleFault(f"{MANIFEST}: no {field!r}")
+            raise InvalidBundle(f"{MANIFEST}: no {field!r}")
         value = manifest[field]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise BundleFault(
+            raise InvalidBundle(
                 f"{MANIFEST}: {field!r} must be {getattr(kind, '__name__', kind)}, found "
                 f"{json.dumps(value)[:60]}"
             )
     if not all(isinstance(name, str) for name in manifest["inputs"]) or not manifest["inputs"]:
-        raise BundleFault(f"{MANIFEST}: 'inputs' must be a non-empty list of input names")
+        raise InvalidBundle(f"{MANIFEST}: 'inputs' must be a non-empty list of input names")
     for field in ("dimension", "max_seq_length"):
         if manifest[field] < 1:
-            raise BundleFault(f"{MANIFEST}: {field!r} must be at least 1, found {manifest[field]}")
+            raise InvalidBundle(
+                f"{MANIFEST}: {field!r} must be at least 1, found {manifest[field]}"
+            )
     return manifest
 
 
@@ -203,18 +193,18 @@ def _check_external_data(folder: Path) -> Any:
     try:
         model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise BundleFault(f"{MODEL_FILE}: not an ONNX model ({str(exc)[:200]})") from None
+        raise InvalidBundle(f"{MODEL_FILE}: not an ONNX model ({str(exc)[:200]})") from None
     for tensor in _tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         if location != EXTERNAL_DATA:
-            raise BundleFault(
+            raise InvalidBundle(
                 f"{MODEL_FILE}: tensor {tensor.name!r} keeps its data in {location!r}; external "
                 f"data must be in {EXTERNAL_DATA} beside it"
             )
         if not (folder / EXTERNAL_DATA).is_file():
-            raise BundleFault(f"{EXTERNAL_DATA}: missing; {MODEL_FILE} keeps tensors in it")
+            raise InvalidBundle(f"{EXTERNAL_DATA}: missing; {MODEL_FILE} keeps tensors in it")
     return model.graph
 
 
@@ -235,18 +225,18 @@ def _check_names(manifest: dict[str, Any], graph: Any) -> None:
     weights = {tensor.name for tensor in graph.initializer}
     declared = [i.name for i in graph.input if i.name not in weights]
     if sorted(declared) != sorted(manifest["inputs"]):
-        raise BundleFault(
+        raise InvalidBundle(
             f"{MANIFEST}: 'inputs' {manifest['inputs']}, the graph declares {declared}"
         )
     outputs = {o.name: o for o in graph.output}
     if manifest["output"] not in outputs:
-        raise BundleFault(
+        raise InvalidBundle(
             f"{MANIFEST}: 'output' {manifest['output']!r}, the graph declares {list(outputs)}"
         )
     dims = outputs[manifest["output"]].type.tensor_type.shape.dim
     width = dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
     if width is not None and width != manifest["dimension"]:
-        raise BundleFault(
+        raise InvalidBundle(
             f"{MANIFEST}: 'dimension' {manifest['dimension']}, the graph's output "
             f"{manifest['output']!r} is {width} wide"
         )
@@ -257,7 +247,7 @@ def _check_runs(folder: Path, manifest: dict[str, Any], bundle: Bundle) -> None:
     try:
         model = OnnxModel.load(bundle, intra_op_threads=1)
     except StartupError as exc:
-        raise BundleFault(f"{MODEL_FILE}: {exc}") from None
+        raise InvalidBundle(f"{MODEL_FILE}: {exc}") from None
     sentence = "A test sentence checks the bundle."
     rows: Sequence[Row] = (
         model.tokenize_pairs([(sentence, sentence)], truncate=True)
@@ -267,9 +257,9 @@ def _check_runs(folder: Path, manifest: dict[str, Any], bundle: Bundle) -> None:
     try:
         out = model.run(rows)
     except Exception as exc:  # onnxruntime's errors for a graph that cannot run these inputs
-        raise BundleFault(f"{MODEL_FILE}: a test sentence fails: {str(exc)[:200]}") from None
+        raise InvalidBundle(f"{MODEL_FILE}: a test sentence fails: {str(exc)[:200]}") from None
     if out.shape != (1, manifest["dimension"]) or not np.isfinite(out).all():
-        raise BundleFault(
+        raise InvalidBundle(
             f"{MODEL_FILE}: a test sentence gives {out.shape} "
             f"{'finite' if np.isfinite(out).all() else 'non-finite'} numbers; expected "
             f"(1, {manifest['dimension']}) finite"
@@ -295,14 +285,16 @@ def _check_reference(folder: Path, model: OnnxModel, floor: float) -> None:
         reference = json.loads((folder / REFERENCE_FILE).read_text(encoding="utf-8"))
         sentences, expected = reference["sentences"], reference["embeddings"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise BundleFault(f"{REFERENCE_FILE}: no sentences and embeddings ({exc})") from None
+        raise InvalidBundle(f"{REFERENCE_FILE}: no sentences and embeddings ({exc})") from None
     ours = encode_now(model, sentences)
     theirs = l2_normalize(np.asarray(expected, dtype=np.float32))
     if ours.shape != theirs.shape:
-        raise BundleFault(f"{REFERENCE_FILE}: {theirs.shape} vectors, the model gives {ours.shape}")
+        raise InvalidBundle(
+            f"{REFERENCE_FILE}: {theirs.shape} vectors, the model gives {ours.shape}"
+        )
     worst = float((ours * theirs).sum(axis=1).min())
     if worst < floor:
-        raise BundleFault(
+        raise InvalidBundle(
             f"{REFERENCE_FILE}: worst cosine {worst:.6f} to the reference vectors, expected at "
             f"least {floor:.6f}"
         )
@@ -336,9 +328,9 @@ def opened(path: Path, max_bytes: int = MAX_BYTES) -> Iterator[Path]:
 
 
 def check(path: Path, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
-    """Check a bundle folder or archive; its manifest, or ``BundleFault``."""
+    """Check a bundle folder or archive; its manifest, or ``InvalidBundle``."""
     if not path.exists():
-        raise BundleFault(f"{path}: no such file or folder")
+        raise InvalidBundle(f"{path}: no such file or folder")
     with opened(path, max_bytes) as folder:
         return check_folder(folder)
 
@@ -353,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         manifest = check(args.path)
-    except BundleFault as fault:
-        print(f"{args.path}: {fault.code}: {fault}")
+    except InvalidBundle as fault:
+        print(f"{args.path}: {fault.code.value}: {fault}")
         return 1
     print(
         f"{args.path}: ok: {manifest.get('kind', 'dense')}, dimension {manifest['dimension']}, "

@@ -14,6 +14,8 @@ decides a status code. The tree::
     ├── InvalidText          422  text that cannot be encoded (a lone surrogate)
     ├── InvalidTokenId       422  a token id outside the model's vocabulary
     ├── InputTooLong         422  more tokens than the model takes, with truncate=false
+    ├── InvalidBundle        422  a model bundle that cannot be served (the file or field)
+    │   └── InvalidArchive   422  an unsafe or malformed bundle archive (nothing extracted)
     ├── PayloadTooLarge      413  too many inputs, too many characters, body too large
     ├── NotFound             404  no such route
     ├── ModelNotFound        404  no such model served here
@@ -52,6 +54,8 @@ class ErrorCode(StrEnum):
     INVALID_TEXT = "invalid_text"
     INVALID_TOKEN_ID = "invalid_token_id"
     INPUT_TOO_LONG = "input_too_long"
+    INVALID_BUNDLE = "invalid_bundle"
+    INVALID_ARCHIVE = "invalid_archive"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     MODEL_NOT_FOUND = "model_not_found"
@@ -87,6 +91,8 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.INVALID_TEXT: ErrorRow(422, _INVALID),
     ErrorCode.INVALID_TOKEN_ID: ErrorRow(422, _INVALID),
     ErrorCode.INPUT_TOO_LONG: ErrorRow(422, _INVALID),
+    ErrorCode.INVALID_BUNDLE: ErrorRow(422, _INVALID),
+    ErrorCode.INVALID_ARCHIVE: ErrorRow(422, _INVALID),
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorRow(413, _INVALID),
     ErrorCode.NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.MODEL_NOT_FOUND: ErrorRow(404, _INVALID),
@@ -205,6 +211,19 @@ class NotFound(ServiceError):
     """No route matches the path."""
 
     code = ErrorCode.NOT_FOUND
+
+
+class InvalidBundle(ServiceError):
+    """A model bundle that cannot be served; the message names the file or field, what was
+    expected and what was found."""
+
+    code = ErrorCode.INVALID_BUNDLE
+
+
+class InvalidArchive(InvalidBundle):
+    """A bundle archive that is unsafe or malformed; nothing of it was extracted."""
+
+    code = ErrorCode.INVALID_ARCHIVE
 
 
 class ModelNotFound(ServiceError):

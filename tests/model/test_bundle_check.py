@@ -17,7 +17,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from app.bundle import ArchiveFault, BundleFault, check, write_archive
+from app.bundle import check, write_archive
+from app.errors import InvalidArchive, InvalidBundle
 
 ROOT = Path(__file__).resolve().parents[2]
 INT8 = ROOT / "models" / "all-MiniLM-L6-v2-int8"  # the small real bundle
@@ -93,7 +94,7 @@ def test_a_hostile_archive_is_refused_before_anything_is_extracted(
     extra, message = ARCHIVES[case]
     archive = bundle_archive(tmp_path / "upload.zip", extra)
     before = set(Path("/tmp").iterdir())
-    with pytest.raises(ArchiveFault, match=message) as caught:
+    with pytest.raises(InvalidArchive, match=message) as caught:
         check(archive)
     assert caught.value.code == "invalid_archive"
     assert not [p for p in set(Path("/tmp").iterdir()) - before if p.name.startswith("bundle-")]
@@ -102,14 +103,14 @@ def test_a_hostile_archive_is_refused_before_anything_is_extracted(
 
 def test_an_archive_over_the_upload_limit_is_refused(tmp_path: Path) -> None:
     archive = bundle_archive(tmp_path / "upload.zip")
-    with pytest.raises(ArchiveFault, match=r"more than 1000000 bytes uncompressed"):
+    with pytest.raises(InvalidArchive, match=r"more than 1000000 bytes uncompressed"):
         check(archive, max_bytes=1_000_000)
 
 
 def test_a_truncated_archive_is_not_a_zip(tmp_path: Path) -> None:
     whole = bundle_archive(tmp_path / "whole.zip").read_bytes()
     (tmp_path / "cut.zip").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(ArchiveFault, match="not a zip archive"):
+    with pytest.raises(InvalidArchive, match="not a zip archive"):
         check(tmp_path / "cut.zip")
 
 
@@ -145,7 +146,7 @@ BUNDLES: dict[str, tuple[Callable[[dict[str, object], Path], object], str]] = {
 def test_a_broken_bundle_is_refused_naming_what_is_wrong(case: str, tmp_path: Path) -> None:
     edit, message = BUNDLES[case]
     folder = edited(tmp_path, edit)
-    with pytest.raises(BundleFault, match=message) as caught:
+    with pytest.raises(InvalidBundle, match=message) as caught:
         check(folder)
     assert caught.value.code == "invalid_bundle"
 
@@ -153,7 +154,7 @@ def test_a_broken_bundle_is_refused_naming_what_is_wrong(case: str, tmp_path: Pa
 def test_a_broken_bundle_in_an_archive_is_refused_alike(tmp_path: Path) -> None:
     edit, message = BUNDLES["a wrong dimension"]
     archive = write_archive(edited(tmp_path, edit), tmp_path / "b.zip")
-    with pytest.raises(BundleFault, match=message):
+    with pytest.raises(InvalidBundle, match=message):
         check(archive)
 
 
@@ -185,7 +186,7 @@ def test_reference_vectors_that_the_model_does_not_give_are_refused(tmp_path: Pa
         reference["embeddings"] = reference["embeddings"][::-1]
         (folder / "reference.json").write_text(json.dumps(reference))
 
-    with pytest.raises(BundleFault, match=r"reference.json: worst cosine"):
+    with pytest.raises(InvalidBundle, match=r"reference.json: worst cosine"):
         check(edited(tmp_path, swap))
 
 
@@ -206,5 +207,5 @@ def test_onnx_is_only_read_never_run_for_the_external_data_check(tmp_path: Path)
     folder = edited(tmp_path, outside_data)
     assert onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.initializer
     (tmp_path / "weights.bin").write_bytes(b"\0\0\x80?")  # present, and still refused
-    with pytest.raises(BundleFault, match=r"external data must be in model\.onnx\.data"):
+    with pytest.raises(InvalidBundle, match=r"external data must be in model\.onnx\.data"):
         check(folder)
