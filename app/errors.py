@@ -19,6 +19,9 @@ decides a status code. The tree::
     ├── PayloadTooLarge      413  too many inputs, too many characters, body too large
     ├── NotFound             404  no such route
     ├── ModelNotFound        404  no such model served here
+    ├── VersionNotFound      404  no such version of a model in the repository
+    ├── ModelExists          409  the name belongs to a bundle the settings serve
+    ├── ModelDeployed        409  a deployed (or settings-served) model cannot be deleted
     ├── MethodNotAllowed     405  route exists, method does not
     ├── ClientTimeout        408  headers not complete in time, or a body that trickles in
     ├── HeadersTooLarge      431  a header line, or all of them, over the limit; too many
@@ -59,6 +62,9 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     MODEL_NOT_FOUND = "model_not_found"
+    VERSION_NOT_FOUND = "version_not_found"
+    MODEL_EXISTS = "model_exists"
+    MODEL_DEPLOYED = "model_deployed"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CLIENT_TIMEOUT = "client_timeout"
     HEADERS_TOO_LARGE = "headers_too_large"
@@ -96,6 +102,9 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorRow(413, _INVALID),
     ErrorCode.NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.MODEL_NOT_FOUND: ErrorRow(404, _INVALID),
+    ErrorCode.VERSION_NOT_FOUND: ErrorRow(404, _INVALID),
+    ErrorCode.MODEL_EXISTS: ErrorRow(409, _INVALID),
+    ErrorCode.MODEL_DEPLOYED: ErrorRow(409, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorRow(405, _INVALID),
     ErrorCode.CLIENT_TIMEOUT: ErrorRow(408, _INVALID),
     ErrorCode.HEADERS_TOO_LARGE: ErrorRow(431, _INVALID),
@@ -230,6 +239,25 @@ class ModelNotFound(ServiceError):
     """The request names a model this server does not serve."""
 
     code = ErrorCode.MODEL_NOT_FOUND
+
+
+class VersionNotFound(ServiceError):
+    """The repository has no such version of the model."""
+
+    code = ErrorCode.VERSION_NOT_FOUND
+
+
+class ModelExists(ServiceError):
+    """The name belongs to a bundle the settings serve (``EMBED_MODELS``); it cannot be
+    registered."""
+
+    code = ErrorCode.MODEL_EXISTS
+
+
+class ModelDeployed(ServiceError):
+    """The model is deployed, or served by the settings, so its files must stay."""
+
+    code = ErrorCode.MODEL_DEPLOYED
 
 
 class MethodNotAllowed(ServiceError):
