@@ -1,5 +1,6 @@
 """The serving path never needs torch: not installed here, not imported by anything in app/.
-Nor does it need the bulk job's pyarrow and Ray, which live in .venv-bulk only."""
+Nor does it need the bulk job's pyarrow and Ray, which live in .venv-bulk only. (``onnx`` itself
+is in the runtime lock: checking a bundle, ``app.bundle``, reads its graph with it.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import app
 
-BUILD_TIME_ONLY = {"torch", "transformers", "sentence_transformers", "onnx"}
+BUILD_TIME_ONLY = {"torch", "transformers", "sentence_transformers", "onnxscript"}
 BULK_ONLY = {"pyarrow", "ray"}
 
 
