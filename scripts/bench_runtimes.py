@@ -39,6 +39,7 @@ from bench import (
     MODELS,
     ROOT,
     SERVER_PYTHON,
+    STSB,
     peak_rss_mb,
     run_batches,
     sentences,
@@ -176,17 +177,9 @@ def _spearman(vectors: Any, which: str) -> dict[str, Any]:
     """STS-B Spearman of unit vectors over ``sentences()`` (first sentences, then seconds)."""
     if which != "sentences":
         return {}
-    from onnx_variants import spearman
+    from onnx_variants import load_stsb, stsb_score
 
-    rows = [
-        line.split("\t")
-        for line in Path(ROOT.parent / "shared" / "data" / "stsb-test.tsv")
-        .read_text(encoding="utf-8")
-        .splitlines()
-    ]
-    n = len(rows)
-    cosines = (np.asarray(vectors[:n]) * np.asarray(vectors[n:])).sum(axis=1)
-    return {"stsb_spearman": spearman([float(r[4]) for r in rows], cosines.tolist())}
+    return {"stsb_spearman": stsb_score(np.asarray(vectors), load_stsb(STSB))}
 
 
 def child(*args: str) -> dict[str, Any]:

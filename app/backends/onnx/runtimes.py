@@ -19,7 +19,6 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -51,9 +50,9 @@ class Runner(Protocol):
     name: str  # what /info shows as the runtime, e.g. "OpenVINO CPU bf16"
     input_names: list[str]
 
-    def run(self, output: str, feed: Mapping[str, NDArray[Any]]) -> NDArray[np.float32]: ...
+    def run(self, output: str, feed: dict[str, NDArray[Any]]) -> NDArray[np.float32]: ...
 
-    def shrink(self, output: str, feed: Mapping[str, NDArray[Any]]) -> None:
+    def shrink(self, output: str, feed: dict[str, NDArray[Any]]) -> None:
         """Run ``feed`` (a tiny pass) and give back the working memory larger passes left."""
         ...
 
@@ -147,14 +146,14 @@ class OrtRunner:
         self.name: str = session.get_providers()[0]
         self.input_names = [i.name for i in session.get_inputs()]
 
-    def run(self, output: str, feed: Mapping[str, NDArray[Any]]) -> NDArray[np.float32]:
-        out: NDArray[np.float32] = self.session.run([output], dict(feed))[0]
+    def run(self, output: str, feed: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
+        out: NDArray[np.float32] = self.session.run([output], feed)[0]
         return out
 
-    def shrink(self, output: str, feed: Mapping[str, NDArray[Any]]) -> None:
+    def shrink(self, output: str, feed: dict[str, NDArray[Any]]) -> None:
         """onnxruntime keeps the largest pass's working memory in its arena for good; a pass
         with arena shrinkage on gives back all but what that pass needs."""
-        self.session.run([output], dict(feed), _SHRINK)
+        self.session.run([output], feed, _SHRINK)
 
 
 _SHRINK = ort.RunOptions()
@@ -195,7 +194,7 @@ class OpenVinoRunner:
         self._lock = threading.Lock()
         self._running = 0
 
-    def run(self, output: str, feed: Mapping[str, NDArray[Any]]) -> NDArray[np.float32]:
+    def run(self, output: str, feed: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
         with self._lock:
             self._running += 1
         try:
@@ -203,7 +202,7 @@ class OpenVinoRunner:
         except queue.Empty:
             request = self.compiled.create_infer_request()
         try:
-            request.infer(dict(feed))
+            request.infer(feed)
             out: NDArray[np.float32] = np.array(request.get_tensor(output).data, copy=True)
             return out
         finally:
@@ -211,7 +210,7 @@ class OpenVinoRunner:
             with self._lock:
                 self._running -= 1
 
-    def shrink(self, output: str, feed: Mapping[str, NDArray[Any]]) -> None:
+    def shrink(self, output: str, feed: dict[str, NDArray[Any]]) -> None:
         """Give back the intermediate buffers of past passes, if no pass is running."""
         with self._lock:
             if not self._running:
