@@ -286,7 +286,10 @@ def _check_reference(folder: Path, model: OnnxModel, floor: float) -> None:
         sentences, expected = reference["sentences"], reference["embeddings"]
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidBundle(f"{REFERENCE_FILE}: no sentences and embeddings ({exc})") from None
-    ours = encode_now(model, sentences)
+    # The export's reference is PyTorch's, with the model's default prompt, as encode gives it.
+    bundle = model.bundle
+    prompt = bundle.prompts.get(bundle.default_prompt_name or "", "")
+    ours = encode_now(model, sentences, prompt=prompt)
     theirs = l2_normalize(np.asarray(expected, dtype=np.float32))
     if ours.shape != theirs.shape:
         raise InvalidBundle(

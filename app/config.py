@@ -69,6 +69,23 @@ class Settings(BaseSettings):
         "that has a prompt of that name; else the model's own default",
     )
     api_keys: SecretList = Field(default=[], description="Bearer keys; empty means no auth")
+    admin_keys: SecretList = Field(
+        default=[],
+        description="Bearer keys for /admin/ (also accepted as user keys); empty: no admin API",
+    )
+    repository: Path = Field(
+        default=Path("repository"), description="the model repository folder (uploaded bundles)"
+    )
+    repository_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds between looks at the repository's shared state (replicas converge)",
+    )
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="a bundle upload's body, and its archive uncompressed, at most",
+    )
     cors_origins: CommaList = Field(default=[], description="browser origins allowed; * for any")
     device: Device = "cpu"
     backend: Backend = Field(

@@ -10,18 +10,22 @@ decides a status code. The tree::
     ├── InvalidParameter     400  a value out of range for this model (``dimensions``)
     ├── WrongModelKind       400  a route for one kind of model called on another kind
     ├── InvalidApiKey        401  no API key, or a wrong one, when EMBED_API_KEYS is set
+    ├── NotAdmin             403  a user key on an admin route (EMBED_ADMIN_KEYS)
     ├── ValidationFailed     422  field missing, wrong type, unknown field, empty list
     ├── InvalidText          422  text that cannot be encoded (a lone surrogate)
     ├── InvalidTokenId       422  a token id outside the model's vocabulary
     ├── InputTooLong         422  more tokens than the model takes, with truncate=false
     ├── InvalidBundle        422  a model bundle that cannot be served (the file or field)
     │   └── InvalidArchive   422  an unsafe or malformed bundle archive (nothing extracted)
+    ├── DeployFailed         422  a version that would not load; the one deployed before stays
     ├── PayloadTooLarge      413  too many inputs, too many characters, body too large
     ├── NotFound             404  no such route
     ├── ModelNotFound        404  no such model served here
     ├── VersionNotFound      404  no such version of a model in the repository
     ├── ModelExists          409  the name belongs to a bundle the settings serve
     ├── ModelDeployed        409  a deployed (or settings-served) model cannot be deleted
+    ├── ModelIsDefault       409  the default model cannot be undeployed
+    ├── DeployInProgress     409  a version of that model is being loaded already
     ├── MethodNotAllowed     405  route exists, method does not
     ├── ClientTimeout        408  headers not complete in time, or a body that trickles in
     ├── HeadersTooLarge      431  a header line, or all of them, over the limit; too many
@@ -53,18 +57,22 @@ class ErrorCode(StrEnum):
     INVALID_PARAMETER = "invalid_parameter"
     WRONG_MODEL_KIND = "wrong_model_kind"
     INVALID_API_KEY = "invalid_api_key"
+    NOT_ADMIN = "not_admin"
     VALIDATION_ERROR = "validation_error"
     INVALID_TEXT = "invalid_text"
     INVALID_TOKEN_ID = "invalid_token_id"
     INPUT_TOO_LONG = "input_too_long"
     INVALID_BUNDLE = "invalid_bundle"
     INVALID_ARCHIVE = "invalid_archive"
+    DEPLOY_FAILED = "deploy_failed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_FOUND = "not_found"
     MODEL_NOT_FOUND = "model_not_found"
     VERSION_NOT_FOUND = "version_not_found"
     MODEL_EXISTS = "model_exists"
     MODEL_DEPLOYED = "model_deployed"
+    MODEL_IS_DEFAULT = "model_is_default"
+    DEPLOY_IN_PROGRESS = "deploy_in_progress"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CLIENT_TIMEOUT = "client_timeout"
     HEADERS_TOO_LARGE = "headers_too_large"
@@ -93,18 +101,22 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.INVALID_PARAMETER: ErrorRow(400, _INVALID),
     ErrorCode.WRONG_MODEL_KIND: ErrorRow(400, _INVALID),
     ErrorCode.INVALID_API_KEY: ErrorRow(401, "authentication_error"),
+    ErrorCode.NOT_ADMIN: ErrorRow(403, "permission_error"),
     ErrorCode.VALIDATION_ERROR: ErrorRow(422, _INVALID),
     ErrorCode.INVALID_TEXT: ErrorRow(422, _INVALID),
     ErrorCode.INVALID_TOKEN_ID: ErrorRow(422, _INVALID),
     ErrorCode.INPUT_TOO_LONG: ErrorRow(422, _INVALID),
     ErrorCode.INVALID_BUNDLE: ErrorRow(422, _INVALID),
     ErrorCode.INVALID_ARCHIVE: ErrorRow(422, _INVALID),
+    ErrorCode.DEPLOY_FAILED: ErrorRow(422, _INVALID),
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorRow(413, _INVALID),
     ErrorCode.NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.MODEL_NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.VERSION_NOT_FOUND: ErrorRow(404, _INVALID),
     ErrorCode.MODEL_EXISTS: ErrorRow(409, _INVALID),
     ErrorCode.MODEL_DEPLOYED: ErrorRow(409, _INVALID),
+    ErrorCode.MODEL_IS_DEFAULT: ErrorRow(409, _INVALID),
+    ErrorCode.DEPLOY_IN_PROGRESS: ErrorRow(409, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorRow(405, _INVALID),
     ErrorCode.CLIENT_TIMEOUT: ErrorRow(408, _INVALID),
     ErrorCode.HEADERS_TOO_LARGE: ErrorRow(431, _INVALID),
@@ -186,6 +198,12 @@ class InvalidApiKey(ServiceError):
     code = ErrorCode.INVALID_API_KEY
 
 
+class NotAdmin(ServiceError):
+    """A valid user key on a route that needs an admin key (``EMBED_ADMIN_KEYS``)."""
+
+    code = ErrorCode.NOT_ADMIN
+
+
 class ValidationFailed(ServiceError):
     """The JSON does not match the route's schema."""
 
@@ -235,6 +253,12 @@ class InvalidArchive(InvalidBundle):
     code = ErrorCode.INVALID_ARCHIVE
 
 
+class DeployFailed(ServiceError):
+    """A registered version that would not load or warm up; the message says why."""
+
+    code = ErrorCode.DEPLOY_FAILED
+
+
 class ModelNotFound(ServiceError):
     """The request names a model this server does not serve."""
 
@@ -258,6 +282,18 @@ class ModelDeployed(ServiceError):
     """The model is deployed, or served by the settings, so its files must stay."""
 
     code = ErrorCode.MODEL_DEPLOYED
+
+
+class ModelIsDefault(ServiceError):
+    """The default model cannot be undeployed; set another default first."""
+
+    code = ErrorCode.MODEL_IS_DEFAULT
+
+
+class DeployInProgress(ServiceError):
+    """A version of this model is being deployed on this server already."""
+
+    code = ErrorCode.DEPLOY_IN_PROGRESS
 
 
 class MethodNotAllowed(ServiceError):

@@ -51,10 +51,18 @@ def settings_plan(settings: Settings) -> ThreadPlan:
     return thread_plan(settings, on_gpu=runs_on_gpu(settings.device))
 
 
-def load_model(settings: Settings, path: Path, plan: ThreadPlan | None = None) -> OnnxModel:
-    """The bundle in ``path`` on its backend; ``StartupError`` says what is wrong."""
+def static_bundles(settings: Settings) -> dict[str, Path]:
+    """The bundles the settings serve, by model id (their folder's name)."""
+    return {path.name: path for path in bundle_paths(settings)}
+
+
+def load_model(
+    settings: Settings, path: Path, plan: ThreadPlan | None = None, *, model_id: str | None = None
+) -> OnnxModel:
+    """The bundle in ``path`` on its backend, served as ``model_id`` (else the folder's name);
+    ``StartupError`` says what is wrong."""
     plan = plan or settings_plan(settings)
-    bundle = load_bundle(path)
+    bundle = load_bundle(path, model_id=model_id)
     choice = choose(settings.backend, settings.precision, bundle, device=settings.device)
     return OnnxModel.load(
         bundle,
@@ -69,12 +77,16 @@ def load_model(settings: Settings, path: Path, plan: ThreadPlan | None = None) -
 
 
 def load_engine(
-    settings: Settings, path: Path | None = None, *, cores: threading.Semaphore | None = None
+    settings: Settings,
+    path: Path | None = None,
+    *,
+    cores: threading.Semaphore | None = None,
+    model_id: str | None = None,
 ) -> Engine:
-    """An engine serving the bundle in ``path`` (``EMBED_MODEL_DIR`` if none) with the
-    settings' limits. Engines given one ``cores`` semaphore take turns on the cores."""
+    """An engine serving the bundle in ``path`` (``EMBED_MODEL_DIR`` if none) as ``model_id``
+    with the settings' limits. Engines given one ``cores`` semaphore take turns on the cores."""
     plan = settings_plan(settings)
-    model = load_model(settings, path or settings.model_dir, plan)
+    model = load_model(settings, path or settings.model_dir, plan, model_id=model_id)
     batching = Batching.from_settings(settings, plan)
     return Engine(
         model,
@@ -92,7 +104,7 @@ def load_models(settings: Settings) -> ModelRegistry:
     try:
         for path in bundle_paths(settings):
             engines.append(load_engine(settings, path, cores=cores))
-        return ModelRegistry(engines, settings.default_model)
+        return ModelRegistry(engines, settings.default_model, cores=cores)
     except BaseException:
         for engine in engines:
             engine.close()

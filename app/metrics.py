@@ -66,3 +66,14 @@ QUEUE_WAIT = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+MODELS_DEPLOYED = Gauge(
+    "embed_models_deployed",
+    "1 for each model version this server serves now (sum() is how many).",
+    ["model", "version"],
+)
+MODEL_ACTIONS = Counter(
+    "embed_model_actions",
+    "Model lifecycle actions (register, deploy, undeploy, delete, set_default; converge when a "
+    "replica follows the shared state), by outcome: ok, refused or failed.",
+    ["action", "outcome"],
+)

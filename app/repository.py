@@ -5,8 +5,10 @@ Its layout (``EMBED_REPOSITORY``)::
 
     <name>/<version>/     a checked bundle and its record.json; never changed once there
     <name>/.lock          held (flock) while a version of the name is claimed or removed
-    .incoming/<random>/   uploads being extracted and checked; gone whether they pass or not
+    .incoming/<random>    uploads being received, extracted and checked; gone whether they
+                          pass or not
     state.json            what is deployed and the default; replaced whole, atomically
+    .lock                 held while state.json is read, changed and replaced
 
 An upload is extracted and checked (``app.bundle``) under ``.incoming`` on the same volume,
 then, complete, renamed to ``<name>/<n>``: n is one more than the highest version there, claimed
@@ -30,7 +32,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,10 +81,12 @@ class Version:
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """What is deployed (a version per name) and the default model; shared by replicas."""
+    """What is deployed and the default model; shared by replicas. ``deployed`` holds a version
+    per uploaded name; a bundle the settings serve is deployed unless ``undeployed`` names it."""
 
     deployed: dict[str, int] = field(default_factory=dict)
     default: str | None = None
+    undeployed: tuple[str, ...] = ()
 
 
 class Repository:
@@ -186,11 +190,24 @@ class Repository:
         return State(
             deployed={str(k): int(v) for k, v in raw.get("deployed", {}).items()},
             default=raw.get("default"),
+            undeployed=tuple(raw.get("undeployed", ())),
         )
 
     def save_state(self, state: State) -> None:
         """Replace the shared state whole: replicas read the old file or the new, never a mix."""
-        _write_json(self.root / STATE, {"deployed": state.deployed, "default": state.default})
+        _write_json(self.root / STATE, asdict(state))
+
+    def update_state(self, change: Callable[[State], State]) -> State:
+        """Read, change and replace the shared state under its lock, so that two replicas
+        changing it at once both count; the new state."""
+        with _locked(self.root):
+            state = change(self.state())
+            self.save_state(state)
+            return state
+
+    def upload_path(self) -> Path:
+        """A fresh file under ``.incoming`` for an upload to stream into; the caller removes it."""
+        return self.root / INCOMING / f"upload-{uuid.uuid4().hex}.zip"
 
     def _uploaded(self, name: str) -> list[Version]:
         folder = self.root / name
@@ -208,7 +225,10 @@ class Repository:
         for upload in (self.root / INCOMING).iterdir():
             with contextlib.suppress(OSError):
                 if now - upload.stat().st_mtime > STALE_INCOMING_S:
-                    shutil.rmtree(upload, ignore_errors=True)
+                    if upload.is_dir():
+                        shutil.rmtree(upload, ignore_errors=True)
+                    else:
+                        upload.unlink()
 
 
 def check_name(name: str) -> None:

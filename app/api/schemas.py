@@ -15,7 +15,8 @@ TokenIdList = Annotated[list[int], Field(min_length=1)]
 ModelField = Annotated[
     str | None,
     Field(
-        description="Id of a served model (see /v1/models); the default model when omitted.",
+        description="Id of a served model (see /v1/models), or name@version for one version of "
+        "it, which must be the deployed one; the default model when omitted.",
         examples=["all-MiniLM-L6-v2"],
     ),
 ]
@@ -308,6 +309,36 @@ class HealthResponse(BaseModel):
 
 class LiveResponse(BaseModel):
     status: Literal["alive"]
+
+
+class VersionRecord(BaseModel):
+    """One version of a model in the repository, and its state on the server that answers."""
+
+    name: str
+    version: int
+    state: Literal["registered", "loading", "deployed", "failed", "deleted"]
+    reason: str | None = Field(description="Why it failed to deploy, when state is failed.")
+    kind: str = Field(examples=["dense"])
+    dimension: int = Field(examples=[384])
+    variant: str = Field(examples=["int8"])
+    size_bytes: int = Field(description="All its files.")
+    sha256: str = Field(description="Of model.onnx.")
+    created: str = Field(description="RFC 3339.", examples=["2026-11-30T21:04:05+00:00"])
+    description: str
+    source: Literal["uploaded", "static"] = Field(
+        description="static: a bundle the settings serve (EMBED_MODELS), never deleted."
+    )
+    rss_added_bytes: int | None = Field(
+        description="What deploying it added to the server's resident memory, where measured."
+    )
+
+
+class DefaultModel(StrictModel):
+    model: str = Field(description="A deployed model's name.", examples=["all-MiniLM-L6-v2"])
+
+
+class DefaultModelResponse(BaseModel):
+    default: str
 
 
 class ErrorDetail(BaseModel):

@@ -10,12 +10,13 @@ accepting connections and answering ``/health`` while they run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from app.config import REQUEST_TOKENS, Settings
 from app.core.batcher import Batcher
@@ -47,6 +48,7 @@ from app.errors import (
 
 T = TypeVar("T")
 S = TypeVar("S", str, tuple[str, str])
+P = ParamSpec("P")
 WARMUP_TEXTS = ["warm-up", "a slightly longer warm-up sentence for the second row"]
 INLINE_TOKENIZE_CHARS = 4096  # tokenizing this much takes well under a millisecond
 TOKENIZE_SLICE = 64  # texts tokenized at a time in a large request, counting tokens as they come
@@ -119,6 +121,25 @@ def check_texts(texts: Sequence[str], limits: Limits, what: str = "inputs") -> N
                 ) from None
 
 
+def counted(
+    method: Callable[Concatenate[Engine, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Engine, P], Coroutine[Any, Any, T]]:
+    """Count the request in the engine from the call's first step to its end, so that an engine
+    swapped out of the registry is closed only once its requests are done (``drained``)."""
+
+    @functools.wraps(method)
+    async def counting(self: Engine, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self._active += 1
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    return counting
+
+
 class Engine:
     """Serves one model; every public coroutine is safe to await from any request."""
 
@@ -139,6 +160,8 @@ class Engine:
         ) or self.info.default_prompt_name
         self.limits = limits or Limits()
         self.batching = batching or Batching()
+        self._active = 0  # requests inside one of the public coroutines now
+        self._idle = asyncio.Event()
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
         max_tokens = self.batching.max_batch_tokens
         if self.info.max_pass_tokens is not None:
@@ -167,6 +190,7 @@ class Engine:
         self.model.run(rows)
         self.model.run(rows, alone=True)
 
+    @counted
     async def embed(
         self,
         texts: Sequence[str],
@@ -210,6 +234,7 @@ class Engine:
             raise error
         return self.info.prompts[name]
 
+    @counted
     async def rerank(
         self,
         query: str,
@@ -230,6 +255,7 @@ class Engine:
         future = self._batcher.submit(rows, scorer(self.info.activation, raw=raw_scores))
         return await self._await(future, started)
 
+    @counted
     async def embed_sparse(
         self,
         texts: Sequence[str],
@@ -257,6 +283,7 @@ class Engine:
                 f"{self.model_id} is a {self.info.kind} model; this route serves {kind} models"
             )
 
+    @counted
     async def embed_ids(
         self,
         rows: Sequence[Sequence[int]],
@@ -287,6 +314,7 @@ class Engine:
             [TokenIds(list(ids)) for ids in rows], normalize, dimensions, started
         )
 
+    @counted
     async def similarity(
         self, source: str, targets: Sequence[str], *, truncate: bool = True
     ) -> Outcome[Floats]:
@@ -304,16 +332,28 @@ class Engine:
         scores = dot_scores(embedded.values[0], embedded.values[1:])
         return replace(embedded, values=scores)
 
+    @counted
     async def tokenize(self, texts: Sequence[str], *, prompt: str = "") -> Sequence[TokenView]:
         """Each text's whole tokenization, ``prompt`` before it, nothing cut off (more ids than
         ``max_seq_length`` means an embedding would truncate it)."""
         check_texts(texts, self.limits)
         return await self._off_loop([prompt + t for t in texts], self.model.inspect)
 
-    def close(self) -> None:
-        """Finish the queued work, then stop the threads and free the model."""
+    async def drained(self) -> None:
+        """Return once no request is inside the engine (on the event loop that serves it)."""
+        while self._active:
+            self._idle.clear()
+            await self._idle.wait()
+
+    def stop(self) -> None:
+        """Finish the queued work, then stop the threads; the model stays open (for an engine
+        that shares its model with another)."""
         self._batcher.stop()
         self._tokenizer_thread.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Finish the queued work, then stop the threads and free the model."""
+        self.stop()
         self.model.close()
 
     def _check_dimensions(self, dimensions: int | None) -> None:

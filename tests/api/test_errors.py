@@ -43,7 +43,7 @@ def small_limits(engine: Engine) -> Iterator[TestClient]:
     limited = Engine(engine.model, Limits(max_inputs=4, max_input_chars=50))
     with TestClient(create_app(settings, limited), raise_server_exceptions=False) as client:
         yield client
-    limited.close()
+    limited.stop()  # the model is the session's
 
 
 def test_engine_limits_come_from_the_settings(engine: Engine) -> None:
@@ -177,7 +177,7 @@ def test_a_request_past_its_deadline_is_a_503_timeout(
         response = client.post("/embed", json={"inputs": "too slow"})
         assert error_of(response) == (503, "service_unavailable", "timeout")
         assert "EMBED_REQUEST_TIMEOUT_S" in response.json()["error"]["message"]
-    hasty.close()
+    hasty.stop()  # the model is the session's
 
 
 def test_bad_input_never_reaches_the_model(

@@ -22,7 +22,7 @@ from app.errors import InvalidArchive, InvalidBundle
 
 ROOT = Path(__file__).resolve().parents[2]
 INT8 = ROOT / "models" / "all-MiniLM-L6-v2-int8"  # the small real bundle
-REAL = ["all-MiniLM-L6-v2-int8", "splade-tiny", ".tiny/tiny-cross-encoder"]
+REAL = ["all-MiniLM-L6-v2-int8", "splade-tiny", ".tiny/tiny-cross-encoder", ".tiny/tiny-bert"]
 
 
 def member(zf: zipfile.ZipFile, name: str, data: bytes, mode: int = 0o100644) -> None:

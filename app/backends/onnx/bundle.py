@@ -71,8 +71,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_bundle(path: Path, *, verify_checksum: bool = True) -> Bundle:
-    """Read and check the bundle in ``path``; raise ``StartupError`` saying what is wrong."""
+def load_bundle(path: Path, *, verify_checksum: bool = True, model_id: str | None = None) -> Bundle:
+    """Read and check the bundle in ``path``; raise ``StartupError`` saying what is wrong. Its id
+    is ``model_id``, else the folder's name."""
     path = path.resolve()
     if not path.is_dir():
         raise StartupError(f"model bundle {path} does not exist; {EXPORT_HINT}")
@@ -99,7 +100,7 @@ def load_bundle(path: Path, *, verify_checksum: bool = True) -> Bundle:
             f"{', '.join(supported)} only"
         )
     return Bundle(
-        id=path.name,
+        id=model_id or path.name,
         path=path,
         kind=ModelKind(kind),
         dimension=int(manifest["dimension"]),

@@ -189,7 +189,7 @@ class OnnxModel:
         for runner in (self.runner, self.wide):
             if runner is not None and id(runner) in grown:
                 runner.shrink(self._output, feed)
-        _trim_heap()
+        trim_heap()
 
     def _forward(self, rows: Sequence[Row], runner: Runner) -> tuple[Floats, Packed | Ints]:
         """The graph's output for ``rows``, and what pooling it needs: the packing, or the
@@ -215,7 +215,12 @@ class OnnxModel:
         return {name: arrays[name] for name in self._feed_names}, layout
 
     def close(self) -> None:
-        """The session is freed with the model; nothing to do before."""
+        """Let go of the runners (their sessions and weights), then hand the freed heap back to
+        the system: a model undeployed at run time gives its memory back at once."""
+        if hasattr(self, "runner"):  # closing twice is harmless
+            del self.runner
+        self.wide = None
+        trim_heap()
 
 
 RELEASE_FROM_WIDTH = 128
@@ -224,7 +229,7 @@ giving back once the server is idle: attention holds rows x heads x width^2 scor
 are what make a pass large."""
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``), where there
     is such a call."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do

@@ -107,8 +107,8 @@ def choose(backend: str, precision: str, bundle: Bundle, *, device: str = "cpu")
         return Choice("openvino", "bf16")
     if precision == "auto" and not _bf16_refused(bundle, backend, device):
         return Choice("openvino", "bf16")
-    if backend == "auto":
-        backend = "onnxruntime"
+    if backend == "auto":  # onnxruntime, unless the bundle runs on another runtime only
+        backend = "onnxruntime" if not runs_on or "onnxruntime" in runs_on else runs_on[0]
     return Choice(backend, "fp32")
 
 
