@@ -61,8 +61,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     EMBED_PORT=8000 \
     EMBED_MODEL_DIR=/srv/models/all-MiniLM-L6-v2 \
     EMBED_LOG_FORMAT=json \
+    EMBED_REPOSITORY=/srv/repository \
     HF_HUB_OFFLINE=1
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin embed
+# The model repository (the admin API's uploads and state) is the one place the server writes.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin embed \
+    && mkdir /srv/repository && chown 10001:10001 /srv/repository
 WORKDIR /srv
 COPY app app
 COPY --from=export /src/models/all-MiniLM-L6-v2 models/all-MiniLM-L6-v2

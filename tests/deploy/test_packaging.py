@@ -97,21 +97,65 @@ def test_dockerignore_sends_only_what_the_stages_copy() -> None:
         )
 
 
+SHARED = ROOT / "deploy" / "k8s-shared-repository"  # the overlay: one repository for all
+
+
+def manifests_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
 def load_k8s() -> dict[str, dict[str, Any]]:
     return {
         doc["kind"]: doc
-        for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+        for path in manifests_in(ROOT / "deploy" / "k8s")
         for doc in yaml.safe_load_all(path.read_text())
     }
 
 
 def test_kubernetes_manifests_validate() -> None:
-    paths = sorted(str(p) for p in (ROOT / "deploy" / "k8s").glob("*.yaml"))
+    paths = [str(p) for p in manifests_in(ROOT / "deploy" / "k8s") + manifests_in(SHARED)]
     result = subprocess.run(
         [tool("kubernetes-validate"), "--strict", *paths], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert set(load_k8s()) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    base = yaml.safe_load((ROOT / "deploy" / "k8s" / "kustomization.yaml").read_text())
+    assert sorted(base["resources"]) == sorted(p.name for p in manifests_in(ROOT / "deploy/k8s"))
+
+
+def test_the_shared_repository_overlay_puts_every_replica_on_one_volume() -> None:
+    """The overlay swaps each pod's own repository (an emptyDir) for one ReadWriteMany claim;
+    built with kustomize where kubectl is installed, else read as it is."""
+    pod = load_k8s()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["repository"] == env["EMBED_REPOSITORY"]
+    assert pod["volumes"][0] == {"name": "repository", "emptyDir": {}}
+    (claim,) = yaml.safe_load_all((SHARED / "pvc.yaml").read_text())
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        overlay = yaml.safe_load((SHARED / "kustomization.yaml").read_text())
+        (patch,) = yaml.safe_load(overlay["patches"][0]["patch"])
+        assert patch["path"] == "/spec/template/spec/volumes/0"
+        volume = patch["value"]
+    else:
+        built = subprocess.run(
+            [kubectl, "kustomize", str(SHARED)], capture_output=True, text=True, check=True
+        ).stdout
+        kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(built)}
+        assert set(kinds) == {
+            "Deployment",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "PersistentVolumeClaim",
+        }
+        (volume,) = kinds["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    assert volume == {
+        "name": "repository",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    }
 
 
 def test_the_deployment_probes_resources_and_threads() -> None:

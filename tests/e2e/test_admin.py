@@ -272,7 +272,9 @@ def test_the_whole_cycle(admin_server: Server, int8_archive: Path, tmp_path: Pat
     again = register(url, int8_archive)  # identical content: that version, not a copy
     assert again.status_code == 200 and again.json()["version"] == 1
 
+    started = time.monotonic()
     deployed = admin("POST", f"{url}/admin/models/minilm/versions/1/deploy")
+    print(f"deployed the int8 bundle in {time.monotonic() - started:.2f} s")
     assert deployed.status_code == 200, deployed.text
     assert deployed.json()["state"] == "deployed" and deployed.json()["rss_added_bytes"] > 0
     noop = admin("POST", f"{url}/admin/models/minilm/versions/1/deploy")
@@ -300,6 +302,7 @@ def test_the_whole_cycle(admin_server: Server, int8_archive: Path, tmp_path: Pat
     second = register(url, write_archive(TINY, tmp_path / "tiny.zip"), description="tiny")
     assert second.status_code == 201 and second.json()["version"] == 2
     swap = asyncio.run(swap_under_load(url, clients=32))
+    print(f"swap under 32 clients: {swap}")
     assert swap["statuses"] == {200}, swap
     assert swap["old_after"] == 0 and swap["new_before"] == 0, swap
     assert swap["dimensions"] == {384, 32}, swap
@@ -320,7 +323,11 @@ def test_the_whole_cycle(admin_server: Server, int8_archive: Path, tmp_path: Pat
     gone = admin("POST", f"{url}/admin/models/minilm/versions/1/undeploy")
     assert gone.status_code == 200 and gone.json()["state"] == "registered"
     fallen = wait_for(lambda: before - admin_server.memory_kb() * 1024 >= added / 2, 10)
-    assert fallen, (before, admin_server.memory_kb() * 1024, added)
+    after = admin_server.memory_kb() * 1024
+    print(
+        f"undeploy: rss_added_bytes {added / 1e6:.1f} MB, RSS {before / 1e6:.1f} -> {after / 1e6:.1f} MB"
+    )
+    assert fallen, (before, after, added)
     assert error_of(embed(url, ["x"], "minilm")) == (404, INVALID, "model_not_found")
 
     static = admin("POST", f"{url}/admin/models/all-MiniLM-L6-v2/versions/1/undeploy")
@@ -388,6 +395,7 @@ async def swap_under_load(url: str, clients: int) -> dict[str, Any]:
         "requests": len(seen),
         "statuses": {status for _, _, status, _ in seen},
         "dimensions": {width for *_, width in seen},
+        "deploy_s": round(done - sent, 2),
         "old_after": sum(1 for start, _, _, w in seen if start > done and w == 384),
         "new_before": sum(1 for _, end, _, w in seen if end < sent and w == 32),
     }

@@ -56,6 +56,47 @@ def test_default_and_lookup() -> None:
     models.close()
 
 
+def test_versions_swap_in_one_step_and_name_at_version_names_the_deployed_one() -> None:
+    first, other = Engine(FakeModel(name="first")), Engine(FakeModel(name="other"))
+    models = ModelRegistry([first, other])
+    assert models.get("first@1") is first and models.version_of("first") == 1
+    newer = Engine(FakeModel(name="first"))
+    assert models.put(newer, 3) is first  # the old one is the caller's to close
+    assert models.get("first") is newer and models.get("first@3") is newer
+    with pytest.raises(ModelNotFound, match="'first@1' is not deployed.*is first@3"):
+        models.get("first@1")
+    with pytest.raises(ModelNotFound, match="not served here"):
+        models.get("nobody@1")
+    with pytest.raises(ValueError, match="default"):
+        models.remove("first")
+    assert models.remove("other") is other and "other" not in models
+    with pytest.raises(ModelNotFound, match="not deployed here"):
+        models.set_default("other")
+    for engine in (first, other, newer):
+        engine.close()
+
+
+def test_a_swapped_out_engine_drains_before_it_is_closed() -> None:
+    """``drained`` returns only once every request inside the engine is done."""
+    model = FakeModel(name="slow")
+    model.delay = 0.2
+    engine = Engine(model)
+
+    async def swap_while_busy() -> tuple[bool, bool]:
+        request = asyncio.ensure_future(engine.embed(["in flight"]))
+        await asyncio.sleep(0.05)  # inside the engine, its pass running
+        drained = asyncio.ensure_future(engine.drained())
+        await asyncio.sleep(0.05)
+        early = drained.done()
+        await request
+        await asyncio.wait_for(drained, 1)
+        return early, request.done()
+
+    early, finished = asyncio.run(swap_while_busy())
+    engine.close()
+    assert not early and finished
+
+
 def overlapping_passes(cores: list[threading.Semaphore]) -> int:
     """Run two engines, busy at once, each with one of ``cores``; count passes that overlapped."""
     spans: list[tuple[float, float]] = []
