@@ -194,6 +194,8 @@ def test_uploads_cut_short_misnamed_or_unkeyed_are_refused(
     url, whole = admin_server.url, int8_archive.read_bytes()
     cut = register(url, whole[: len(whole) // 2], name="hostile")
     assert error_of(cut) == (422, INVALID, "invalid_archive")  # a truncated archive
+    taken = register(url, whole, name="all-MiniLM-L6-v2")  # the settings serve that name
+    assert error_of(taken) == (409, INVALID, "model_exists")
     for name in ("a/b", "../up", ".hidden", "x" * 65, ""):
         assert error_of(register(url, whole, name=name)) == (422, INVALID, "validation_error")
     # A multipart body that ends before its closing boundary.
@@ -324,9 +326,8 @@ def test_the_whole_cycle(admin_server: Server, int8_archive: Path, tmp_path: Pat
     assert gone.status_code == 200 and gone.json()["state"] == "registered"
     fallen = wait_for(lambda: before - admin_server.memory_kb() * 1024 >= added / 2, 10)
     after = admin_server.memory_kb() * 1024
-    print(
-        f"undeploy: rss_added_bytes {added / 1e6:.1f} MB, RSS {before / 1e6:.1f} -> {after / 1e6:.1f} MB"
-    )
+    print(f"undeploy: rss_added_bytes {added / 1e6:.1f} MB, RSS {before / 1e6:.1f}", end="")
+    print(f" -> {after / 1e6:.1f} MB")
     assert fallen, (before, after, added)
     assert error_of(embed(url, ["x"], "minilm")) == (404, INVALID, "model_not_found")
 

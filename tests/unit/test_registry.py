@@ -63,7 +63,7 @@ def test_versions_swap_in_one_step_and_name_at_version_names_the_deployed_one() 
     newer = Engine(FakeModel(name="first"))
     assert models.put(newer, 3) is first  # the old one is the caller's to close
     assert models.get("first") is newer and models.get("first@3") is newer
-    with pytest.raises(ModelNotFound, match="'first@1' is not deployed.*is first@3"):
+    with pytest.raises(ModelNotFound, match=r"'first@1' is not deployed.*is first@3"):
         models.get("first@1")
     with pytest.raises(ModelNotFound, match="not served here"):
         models.get("nobody@1")
