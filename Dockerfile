@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Stages:
 #   export     torch (CPU wheel) and the export tools; exports the default model to ONNX
+#   stubs      the gRPC stubs, generated from the protocol definitions in the tritonclient wheel
 #   base-cpu   Python 3.11 slim with the runtime packages, onnxruntime (CPU)
 #   base-cuda  CUDA 12 + cuDNN 9 with the runtime packages, onnxruntime-gpu
 #   runtime    the image to run (the default target): base-$FLAVOUR, app/ and the bundle, no torch
@@ -26,6 +27,14 @@ RUN pip install --no-deps -r requirements/export.txt
 COPY app app
 COPY scripts scripts
 RUN python scripts/export_onnx.py --output-dir /src/models
+
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS stubs
+WORKDIR /src
+COPY requirements/build.txt requirements/build.txt
+RUN pip install --no-cache-dir --disable-pip-version-check --no-deps -r requirements/build.txt
+COPY scripts/grpc_stubs.py scripts/grpc_stubs.py
+RUN python scripts/grpc_stubs.py app/v2/stubs
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base-cpu
@@ -68,9 +77,11 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin embe
     && mkdir /srv/repository && chown 10001:10001 /srv/repository
 WORKDIR /srv
 COPY app app
+COPY --from=stubs /src/app/v2/stubs app/v2/stubs
 COPY --from=export /src/models/all-MiniLM-L6-v2 models/all-MiniLM-L6-v2
 USER 10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC (EMBED_GRPC_PORT)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "app.healthcheck"]
 CMD ["python", "-m", "app"]

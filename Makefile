@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 EXPORT_VENV := .venv-export
 BULK_VENV := .venv-bulk
+# tritonclient's environment (protobuf < 7, the server's is 7): the inference protocol's tests.
+TRITON_VENV := .venv-triton
+# The gRPC stubs, generated from the protocol definitions in the pinned tritonclient wheel.
+STUBS := app/v2/stubs/grpc_service_pb2.py
 # Exactly this version: its CPU wheel is on disk. Any other spec pulls GBs of CUDA wheels.
 TORCH := torch==2.13.0
 MODEL := models/all-MiniLM-L6-v2
@@ -23,26 +27,27 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: run test unit soak models variants bench golden lock clean bulk-env
 
-run: $(VENV)/.runtime $(MODEL)/config.json $(SPLADE)/config.json  ## serve the default models on EMBED_HOST:EMBED_PORT
+run: $(VENV)/.runtime $(STUBS) $(MODEL)/config.json $(SPLADE)/config.json  ## serve the default models on EMBED_HOST:EMBED_PORT
 	if [ -z "$$EMBED_MODELS$$EMBED_MODELS_DIR$$EMBED_MODEL_DIR" ]; then export EMBED_MODELS=$(SERVED); fi; \
 	exec $(VENV)/bin/python -m app
 
-test: $(VENV)/.test $(BULK_VENV)/.installed $(MODEL)/config.json $(MODEL)-int8/config.json $(SPLADE)/config.json $(TINY)/.built  ## lint, type-check, run every test
+test: $(VENV)/.test $(STUBS) $(BULK_VENV)/.installed $(TRITON_VENV)/.installed $(MODEL)/config.json $(MODEL)-int8/config.json $(SPLADE)/config.json $(TINY)/.built  ## lint, type-check, run every test
 	$(VENV)/bin/ruff check app scripts tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	EMBED_SERVER_PYTHON=$(VENV)/bin/python $(TRITON_VENV)/bin/python -m pytest --confcutdir=tests/triton tests/triton
 
-unit: $(VENV)/.test  ## the fast tests: no model bundle, no export environment, seconds
+unit: $(VENV)/.test $(STUBS)  ## the fast tests: no model bundle, no export environment, seconds
 	$(VENV)/bin/python -m pytest tests/unit
 
-soak: $(VENV)/.test $(MODEL)/config.json  ## 20,000 mixed requests: memory, file descriptors, latency drift
+soak: $(VENV)/.test $(STUBS) $(MODEL)/config.json  ## 20,000 mixed requests: memory, file descriptors, latency drift
 	$(VENV)/bin/python -m pytest -m soak -s tests/e2e/test_soak.py
 
 models: $(MODEL)/config.json $(SPLADE)/config.json
 
 variants: $(MODEL)-int8/config.json $(MODEL)-opt/config.json $(MODEL)-padded/config.json  ## int8; optimised and padded fp32 for the benchmark
 
-bench: $(VENV)/.runtime $(BULK_VENV)/.installed $(MODEL)/config.json $(SPLADE)/config.json variants  ## measure everything side by side; writes docs/benchmarks.md
+bench: $(VENV)/.runtime $(STUBS) $(BULK_VENV)/.installed $(TRITON_VENV)/.installed $(MODEL)/config.json $(SPLADE)/config.json variants  ## measure everything side by side; writes docs/benchmarks.md
 	command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(EXPORT_VENV)/bin/python scripts/bench.py
 
@@ -53,6 +58,16 @@ $(VENV)/.runtime: requirements/runtime.txt
 
 $(VENV)/.test: $(VENV)/.runtime requirements/test.txt
 	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements/test.txt
+	touch $@
+
+# The protocol definitions come from the wheel, the code from protoc (grpcio-tools, a build tool).
+$(STUBS): $(VENV)/.runtime requirements/build.txt scripts/grpc_stubs.py
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps -r requirements/build.txt
+	$(VENV)/bin/python scripts/grpc_stubs.py app/v2/stubs
+
+$(TRITON_VENV)/.installed: requirements/triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) --no-deps -r requirements/triton.txt
 	touch $@
 
 bulk-env: $(BULK_VENV)/.installed  ## the bulk job's environment: `$(BULK_VENV)/bin/python -m app.bulk`
@@ -119,4 +134,4 @@ lock:  ## re-pin requirements/*.txt from pyproject.toml in throwaway environment
 	./scripts/lock.sh
 
 clean:
-	rm -rf $(VENV) $(EXPORT_VENV) $(BULK_VENV) models/*/ $(TINY) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EXPORT_VENV) $(BULK_VENV) $(TRITON_VENV) app/v2/stubs models/*/ $(TINY) .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ from app.logs import configure_logging
 from app.main import create_app
 from app.transport.limits import HttpLimits
 from app.transport.server import DrainingServer, ServerHttpProtocol
+from app.v2.grpc import GrpcServer
 
 log = logging.getLogger("app")
 
@@ -40,6 +41,14 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     models.warm_up()
+    grpc = None
+    if settings.grpc_port:
+        grpc = GrpcServer(settings)
+        try:
+            grpc.bind()
+        except StartupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     # What is alive now (the model, the app) lives as long as the process: keep it out of the
     # cyclic collector's scans, and collect less often (docs/design.md).
     gc.collect()
@@ -57,7 +66,7 @@ def main() -> int:
     # the process (-15), and orchestrators read a clean drain as a crash; a no-op handler lets
     # the drained process exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    app = create_app(settings, models)
+    app = create_app(settings, models, grpc)
     config = uvicorn.Config(
         app,
         host=settings.host,

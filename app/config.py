@@ -52,6 +52,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="the Open Inference Protocol over gRPC (with the health service); 0: off",
+    )
     model_dir: Path = Field(
         default=Path("models/all-MiniLM-L6-v2"),
         description="the one bundle to serve when neither EMBED_MODELS nor EMBED_MODELS_DIR is set",

@@ -9,6 +9,7 @@ decides a status code. The tree::
     ├── InvalidJSON          400  body is not JSON, or not valid UTF-8
     ├── InvalidParameter     400  a value out of range for this model (``dimensions``)
     ├── WrongModelKind       400  a route for one kind of model called on another kind
+    ├── InvalidTensor        400  an Open Inference Protocol tensor that is not what it says
     ├── InvalidApiKey        401  no API key, or a wrong one, when EMBED_API_KEYS is set
     ├── NotAdmin             403  a user key on an admin route (EMBED_ADMIN_KEYS)
     ├── ValidationFailed     422  field missing, wrong type, unknown field, empty list
@@ -56,6 +57,7 @@ class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"
     INVALID_PARAMETER = "invalid_parameter"
     WRONG_MODEL_KIND = "wrong_model_kind"
+    INVALID_TENSOR = "invalid_tensor"
     INVALID_API_KEY = "invalid_api_key"
     NOT_ADMIN = "not_admin"
     VALIDATION_ERROR = "validation_error"
@@ -100,6 +102,7 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorRow]] = {
     ErrorCode.INVALID_JSON: ErrorRow(400, _INVALID),
     ErrorCode.INVALID_PARAMETER: ErrorRow(400, _INVALID),
     ErrorCode.WRONG_MODEL_KIND: ErrorRow(400, _INVALID),
+    ErrorCode.INVALID_TENSOR: ErrorRow(400, _INVALID),
     ErrorCode.INVALID_API_KEY: ErrorRow(401, "authentication_error"),
     ErrorCode.NOT_ADMIN: ErrorRow(403, "permission_error"),
     ErrorCode.VALIDATION_ERROR: ErrorRow(422, _INVALID),
@@ -190,6 +193,14 @@ class WrongModelKind(ServiceError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.param = "model"
+
+
+class InvalidTensor(ServiceError):
+    """A ``/v2`` or gRPC inference request whose tensor is not what it declares: a datatype
+    other than BYTES, a shape that does not match its data, binary sizes that do not add up,
+    bytes that are not UTF-8, an output this model does not have."""
+
+    code = ErrorCode.INVALID_TENSOR
 
 
 class InvalidApiKey(ServiceError):

@@ -129,6 +129,19 @@ class Lifecycle:
                 await self._deploy(version, share=True)
             return self.record(version)
 
+    async def deploy_latest(self, name: str, who: str) -> dict[str, Any]:
+        """Deploy the highest registered version of ``name`` (Triton's ``load``)."""
+        versions = await asyncio.to_thread(self.repository.versions, name)
+        return await self.deploy(name, versions[-1].version, who)
+
+    async def undeploy_any(self, name: str, who: str) -> dict[str, Any] | None:
+        """Undeploy whichever version of ``name`` is deployed (Triton's ``unload``)."""
+        number = self.models.version_of(name)
+        if number is None:
+            await asyncio.to_thread(self.repository.versions, name)  # ModelNotFound if unknown
+            return None
+        return await self.undeploy(name, number, who)
+
     async def undeploy(self, name: str, number: int, who: str) -> dict[str, Any]:
         """Stop serving version ``number`` of ``name`` and give its memory back once its last
         request is done (a 200 no-op when it is not served)."""

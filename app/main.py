@@ -39,16 +39,21 @@ from app.repository import Repository
 from app.transport.context import ErrorGuard, RequestContext
 from app.transport.direct import DirectRoute
 from app.transport.guards import AdminKeyMiddleware, ApiKeyMiddleware, BodyLimitMiddleware
+from app.v2 import http as v2_http
+from app.v2.grpc import GrpcServer
 
 UPLOAD_PATH = "/admin/models"
 
 
 def create_app(
-    settings: Settings | None = None, models: ModelRegistry | Engine | None = None
+    settings: Settings | None = None,
+    models: ModelRegistry | Engine | None = None,
+    grpc: GrpcServer | None = None,
 ) -> FastAPI:
     """Build the app. ``models`` may be loaded and warmed beforehand (``python -m app`` does, so
     that a bad bundle stops the process before it listens); otherwise the lifespan loads them.
-    One engine stands for a registry serving that model alone."""
+    One engine stands for a registry serving that model alone. ``grpc``, bound already, is
+    started with the app and stopped with it."""
     settings = settings or Settings()
     given = ModelRegistry([models]) if isinstance(models, Engine) else models
 
@@ -70,9 +75,13 @@ def create_app(
             lifecycle = Lifecycle(settings, loaded, repository)
             await lifecycle.converge()  # what the shared state says is deployed, before serving
             following = asyncio.create_task(lifecycle.follow())
+        if grpc is not None:
+            await grpc.start(loaded, lifecycle)
         try:
             yield {"models": loaded, "lifecycle": lifecycle}
         finally:
+            if grpc is not None:  # drained already on SIGTERM; this stops it otherwise
+                await grpc.drain(grace=0)
             if following is not None:
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -92,11 +101,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.grpc = grpc
     install_error_handlers(app)
-    for module in (embeddings, rerank, openai, health, metrics):
+    for module in (embeddings, rerank, openai, health, metrics, v2_http):
         app.include_router(module.router)
     if settings.admin_keys:  # otherwise the admin routes do not exist, not even in /openapi.json
         app.include_router(admin.router)
+        app.include_router(v2_http.repository_router)
     install_docs(app)
     # Added innermost first.
     app.add_middleware(

@@ -225,6 +225,7 @@ def serving(bundle: str, log_dir: Path) -> Iterator[tuple[str, subprocess.Popen[
     env = {
         **os.environ,
         "EMBED_PORT": str(port),
+        "EMBED_GRPC_PORT": str(free_port()),
         "EMBED_MODEL_DIR": str(MODELS / bundle),
         "PYTHONPATH": str(ROOT),
     }

@@ -36,13 +36,29 @@ _FROM_STATUS: dict[int, type[ServiceError]] = {
 
 
 OPENAI_PREFIX = "/v1/"
+INFERENCE_PROTOCOL = ("/v2/models", "/v2/health", "/v2/repository")
+"""The Open Inference Protocol's paths, and ``/v2`` itself (``/v2/rerank`` is Cohere's)."""
+
+
+def speaks_inference_protocol(path: str) -> bool:
+    return path == "/v2" or path.startswith(INFERENCE_PROTOCOL)
 
 
 def render_error(
     error: ServiceError, headers: Mapping[str, str] | None = None, *, path: str = ""
 ) -> Response:
     """The one place an error becomes an HTTP response. Under ``/v1/`` the body also carries
-    OpenAI's ``param`` (the field at fault, or null), which its client libraries read."""
+    OpenAI's ``param`` (the field at fault, or null), which its client libraries read. Under the
+    Open Inference Protocol's ``/v2`` paths it has that protocol's shape, ``{"error": "..."}``,
+    and what is a 422 elsewhere is a 400 there."""
+    if speaks_inference_protocol(path):
+        status = 400 if error.status == 422 else error.status
+        return Response(
+            orjson.dumps({"error": error.message}),
+            status,
+            headers=headers or error.headers,
+            media_type="application/json",
+        )
     detail: dict[str, Any] = {
         "message": error.message,
         "type": error.type,

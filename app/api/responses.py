@@ -33,12 +33,24 @@ class FastJSONResponse(JSONResponse):
 
 
 class OutcomeResponse(FastJSONResponse):
-    """A JSON response that carries its access-log fields up to the request context, in its
-    ``http.response.start`` message."""
+    """A JSON response, or one whose ``body`` is given whole, that carries its access-log fields
+    up to the request context, in its ``http.response.start`` message."""
 
-    def __init__(self, content: Any, headers: dict[str, str], fields: dict[str, Any]) -> None:
-        super().__init__(content, headers=headers)
+    def __init__(
+        self,
+        content: Any,
+        headers: dict[str, str],
+        fields: dict[str, Any],
+        *,
+        body: bytes | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        self._given = body
+        super().__init__(content, headers=headers, media_type=media_type)
         self.fields = fields
+
+    def render(self, content: Any) -> bytes:
+        return self._given if self._given is not None else super().render(content)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -52,24 +64,40 @@ class OutcomeResponse(FastJSONResponse):
         await send({"type": "http.response.body", "body": self.body})
 
 
-def outcome_response(content: dict[str, Any] | list[Any], outcome: Outcome[Any]) -> OutcomeResponse:
+def outcome_response(
+    content: dict[str, Any] | list[Any],
+    outcome: Outcome[Any],
+    *,
+    body: bytes | None = None,
+    media_type: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> OutcomeResponse:
     """The response for ``content``, which ``outcome`` produced: timing headers, metrics and the
-    access-log fields all come from that one value."""
+    access-log fields all come from that one value. ``body``, when given, is sent instead of
+    ``content`` as JSON (a binary answer), with ``media_type`` and extra ``headers``."""
+    fields = counted(outcome)
+    timing = {
+        "x-queue-time": f"{fields['queue_ms']:.2f}",
+        "x-inference-time": f"{fields['inference_ms']:.2f}",
+    }
+    return OutcomeResponse(
+        content, {**timing, **(headers or {})}, fields, body=body, media_type=media_type
+    )
+
+
+def counted(outcome: Outcome[Any]) -> dict[str, Any]:
+    """Count ``outcome``'s inputs and tokens under its model; its access-log fields."""
     inputs, tokens = len(outcome.token_counts), outcome.tokens
     inputs_total, tokens_total = _counters(outcome.model)
     inputs_total.inc(inputs)
     tokens_total.inc(tokens)
-    queue_ms = outcome.queue_s * 1000
-    inference_ms = outcome.inference_s * 1000
-    headers = {"x-queue-time": f"{queue_ms:.2f}", "x-inference-time": f"{inference_ms:.2f}"}
-    fields = {
+    return {
         "model": outcome.model,
         "inputs": inputs,
         "tokens": tokens,
-        "queue_ms": round(queue_ms, 2),
-        "inference_ms": round(inference_ms, 2),
+        "queue_ms": round(outcome.queue_s * 1000, 2),
+        "inference_ms": round(outcome.inference_s * 1000, 2),
     }
-    return OutcomeResponse(content, headers, fields)
 
 
 @cache

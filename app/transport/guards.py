@@ -12,9 +12,11 @@ from app.api.errors import render_error
 from app.errors import InvalidApiKey, NotAdmin, PayloadTooLarge, ServiceError
 from app.transport.direct import replay
 
-OPEN_PATHS = frozenset({"/health", "/health/live", "/metrics"})
+OPEN_PATHS = frozenset(
+    {"/health", "/health/live", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 """Paths that never need a key: probes and the Prometheus scrape."""
-ADMIN_PREFIX = "/admin/"
+ADMIN_PREFIXES = ("/admin/", "/v2/repository/")  # the admin API, Triton's repository extension
 ADMIN_KEY = "embed.admin_key"
 """Where an admin request's scope holds the position (from 1) of its key in EMBED_ADMIN_KEYS."""
 
@@ -44,9 +46,9 @@ class ApiKeyMiddleware:
 
 
 class AdminKeyMiddleware:
-    """Paths under ``/admin/`` need one of ``EMBED_ADMIN_KEYS``: without a valid key a 401, with
-    a user key (``EMBED_API_KEYS``) a 403 ``not_admin``. The key's position goes into the scope
-    for the log; the key itself never does."""
+    """Paths under ``/admin/`` and ``/v2/repository/`` need one of ``EMBED_ADMIN_KEYS``: without
+    a valid key a 401, with a user key (``EMBED_API_KEYS``) a 403 ``not_admin``. The key's
+    position goes into the scope for the log; the key itself never does."""
 
     def __init__(self, app: ASGIApp, admin_keys: Iterable[str], user_keys: Iterable[str]) -> None:
         self.app = app
@@ -54,7 +56,7 @@ class AdminKeyMiddleware:
         self.user_keys = [key.encode() for key in user_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(ADMIN_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(ADMIN_PREFIXES):
             await self.app(scope, receive, send)
             return
         token = bearer(scope)

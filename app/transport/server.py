@@ -48,14 +48,20 @@ LINGER_S = 1.0  # after a refusal, how long what the client still sends is read 
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, which on SIGTERM first marks the app as draining, so that ``/health``
-    answers 503 at once while the requests already in flight finish."""
+    answers 503 at once while the requests already in flight finish, and starts draining the
+    gRPC server (``NOT_SERVING``, no new calls, those in flight finish)."""
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self.app = app
+        self._drain: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.app.state.draining = True
+        grpc = getattr(self.app.state, "grpc", None)
+        if grpc is not None and self._drain is None:  # gRPC drains alongside HTTP
+            grace = self.config.timeout_graceful_shutdown or 0
+            self._drain = asyncio.get_running_loop().create_task(grpc.drain(grace))
         super().handle_exit(sig, frame)
 
 

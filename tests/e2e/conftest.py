@@ -91,7 +91,11 @@ def serving(settings: Settings, folder: Path, **env: str) -> Iterator[Server]:
     it must exit 0 (a test may have stopped it already)."""
     port = free_port()
     log = folder / "server.log"
-    base = {"EMBED_PORT": str(port), "EMBED_MODEL_DIR": str(settings.model_dir)}
+    base = {
+        "EMBED_PORT": str(port),
+        "EMBED_GRPC_PORT": str(free_port()),
+        "EMBED_MODEL_DIR": str(settings.model_dir),
+    }
     process = start({**base, **env}, log)
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:

@@ -53,7 +53,11 @@ def image_server(
 ) -> Iterator[tuple[str, str]]:
     port = str(free_port())
     log = tmp_path_factory.mktemp("image-server") / "server.log"
-    env = clean_env(EMBED_PORT=port, EMBED_MODEL_DIR=str(settings.model_dir.resolve()))
+    env = clean_env(
+        EMBED_PORT=port,
+        EMBED_GRPC_PORT=str(free_port()),
+        EMBED_MODEL_DIR=str(settings.model_dir.resolve()),
+    )
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(runtime_venv / "bin" / "python"), "-m", "app"],

@@ -21,11 +21,17 @@ router = APIRouter(tags=["health"])
 async def health(request: Request, models: ModelsDep) -> HealthResponse:
     """200 once the models are loaded and warmed up; 503 before, and from the moment the server
     is told to stop (SIGTERM), so that load balancers stop sending to it."""
-    if getattr(request.app.state, "draining", False):
-        raise ShuttingDown("the server is shutting down; send requests to another replica")
+    readiness(request)
     return HealthResponse(
         status="ok", model=models.default_id, models=[engine.model_id for engine in models]
     )
+
+
+def readiness(request: Request) -> None:
+    """``ShuttingDown`` from the moment the server is told to stop (the models dependency says
+    ``NotReady`` before they are loaded)."""
+    if getattr(request.app.state, "draining", False):
+        raise ShuttingDown("the server is shutting down; send requests to another replica")
 
 
 @router.get("/health/live", response_model=LiveResponse)
