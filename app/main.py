@@ -80,8 +80,8 @@ def create_app(
         try:
             yield {"models": loaded, "lifecycle": lifecycle}
         finally:
-            if grpc is not None:  # drained already on SIGTERM; this stops it otherwise
-                await grpc.drain(grace=0)
+            if grpc is not None:  # HTTP has drained: the calls in flight get the same grace
+                await grpc.stop(grace=settings.shutdown_grace_s)
             if following is not None:
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -95,14 +95,16 @@ EMBEDDING_ERRORS = (
 """...and, for a route whose texts go through the queue to the model, these as well."""
 
 
-def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` declaring the error statuses a route can give."""
+def error_responses(*codes: ErrorCode, model: Any = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring the error statuses a route can give, with the body
+    ``model`` (``ErrorResponse`` unless given)."""
     from app.api.schemas import ErrorResponse
 
     declared: dict[int | str, dict[str, Any]] = {}
     for code in (*codes, ErrorCode.INTERNAL_ERROR):
         row = ERROR_TABLE[code]
-        entry = declared.setdefault(row.status, {"model": ErrorResponse, "description": ""})
+        status = 400 if model is not None and row.status == 422 else row.status
+        entry = declared.setdefault(status, {"model": model or ErrorResponse, "description": ""})
         entry["description"] = ", ".join(filter(None, [entry["description"], code.value]))
     return declared
 

@@ -350,3 +350,9 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class InferenceError(BaseModel):
+    """An error under the Open Inference Protocol's ``/v2`` paths: the protocol's shape."""
+
+    error: str

@@ -60,8 +60,7 @@ class DrainingServer(uvicorn.Server):
         self.app.state.draining = True
         grpc = getattr(self.app.state, "grpc", None)
         if grpc is not None and self._drain is None:  # gRPC drains alongside HTTP
-            grace = self.config.timeout_graceful_shutdown or 0
-            self._drain = asyncio.get_running_loop().create_task(grpc.drain(grace))
+            self._drain = asyncio.get_running_loop().create_task(grpc.drain())
         super().handle_exit(sig, frame)
 
 

@@ -8,8 +8,10 @@ methods), the status from the one error table (``STATUS_CODES``), the request me
 method's name and one access-log line, as an HTTP request gets. A client that cancels, or whose
 deadline passes, cancels the handler, whose rows then leave the queue.
 
-``bind`` opens the port before the server starts (a port that cannot be bound is a start-up
-error); ``start`` and ``drain`` run in the app's lifespan and on SIGTERM.
+``bind`` checks the port before the server starts (a port that cannot be bound is a start-up
+error); ``start`` runs in the app's lifespan, ``drain`` on SIGTERM (health ``NOT_SERVING``, calls
+still answered while HTTP drains), ``stop`` at the lifespan's end (in-flight calls get
+``EMBED_SHUTDOWN_GRACE_S``).
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc()
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
         try:
-            inference.engine_for(self.models, request.name, request.version or None)
+            inference.served(self.models, request.name, request.version or None)
         except ServiceError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -344,22 +346,19 @@ class GrpcServer:
         except RuntimeError as exc:
             raise StartupError(f"EMBED_GRPC_PORT: cannot listen on {address} ({exc})") from None
         await self.server.start()
-        await self._serving(True)
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC on %s:%d", self.settings.host, self.port)
 
-    async def drain(self, grace: float) -> None:
-        """Answer NOT_SERVING, refuse new calls, let those in flight finish within ``grace``."""
-        if self.server is None or self.service.draining:
-            return
+    async def drain(self) -> None:
+        """From SIGTERM on: ``NOT_SERVING`` to health checks (a ``Watch`` hears it at once) and
+        not ready, while calls still run; ``stop`` ends it once HTTP has drained."""
         self.service.draining = True
-        await self._serving(False)
-        await self.server.stop(grace)
+        await self.health.enter_graceful_shutdown()
 
-    async def _serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE):
-            await self.health.set(name, status)
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls and give those in flight ``grace`` seconds to finish."""
+        if self.server is not None:
+            await self.drain()
+            await self.server.stop(grace)
+            self.server = None

@@ -27,6 +27,7 @@ from app.api.errors import error_responses
 from app.api.responses import outcome_response
 from app.api.routes.admin import LifecycleDep, key_of
 from app.api.routes.health import readiness
+from app.api.schemas import InferenceError
 from app.errors import ErrorCode, InvalidJSON, InvalidTensor, PayloadTooLarge, cut
 from app.transport.disconnect import unless_disconnected
 from app.v2 import inference
@@ -45,6 +46,13 @@ INFER_ERRORS = (
     ErrorCode.NOT_READY,
 )
 router = APIRouter(prefix="/v2", tags=["inference protocol"])
+
+
+def v2_errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """The error statuses a route can give, in the protocol's shape."""
+    return error_responses(*codes, model=InferenceError)
+
+
 Name = Annotated[str, Path(description="A served dense model.", examples=["all-MiniLM-L6-v2"])]
 Version = Annotated[str, Path(description="Its deployed version.", examples=["1"])]
 
@@ -56,14 +64,21 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return inference.server_metadata(repository)
 
 
-@router.get("/health/live", responses=error_responses())
+EMPTY: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Yes: an empty body.", "content": {}}
+}
+
+
+@router.get("/health/live", response_class=Response, responses=EMPTY)
 async def live() -> Response:
     """200 while the process answers (the body is empty, as the protocol says)."""
     return Response(status_code=200)
 
 
 @router.get(
-    "/health/ready", responses=error_responses(ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN)
+    "/health/ready",
+    response_class=Response,
+    responses={**EMPTY, **v2_errors(ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN)},
 )
 async def ready(request: Request, models: ModelsDep) -> Response:
     """200 once the models are loaded and warmed up, 503 before and while draining."""
@@ -71,29 +86,35 @@ async def ready(request: Request, models: ModelsDep) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/models/{name}", responses=error_responses(*INFER_ERRORS[2:5]))
-@router.get("/models/{name}/versions/{version}", responses=error_responses(*INFER_ERRORS[2:5]))
+@router.get("/models/{name}", responses=v2_errors(*INFER_ERRORS[2:5]))
+@router.get("/models/{name}/versions/{version}", responses=v2_errors(*INFER_ERRORS[2:5]))
 async def model_metadata(name: Name, models: ModelsDep, version: Version | None = None) -> Any:
     """The model's versions, platform, its input (``TEXT``, BYTES, ``[-1]``) and output
     (``embedding``, FP32, ``[-1, dim]``)."""
     return inference.model_metadata(models, inference.engine_for(models, name, version))
 
 
-@router.get("/models/{name}/ready", responses=error_responses(*INFER_ERRORS[2:5]))
 @router.get(
-    "/models/{name}/versions/{version}/ready", responses=error_responses(*INFER_ERRORS[2:5])
+    "/models/{name}/ready",
+    response_class=Response,
+    responses={**EMPTY, **v2_errors(*INFER_ERRORS[2:5])},
+)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_class=Response,
+    responses={**EMPTY, **v2_errors(*INFER_ERRORS[2:5])},
 )
 async def model_ready(name: Name, models: ModelsDep, version: Version | None = None) -> Response:
-    """200 when the model (at that version) is served here; 404 otherwise."""
-    inference.engine_for(models, name, version)
+    """200 when the model (at that version) is loaded here, whatever its kind; 404 otherwise."""
+    inference.served(models, name, version)
     return Response(status_code=200)
 
 
-@router.post("/models/{name}/infer", response_model=None, responses=error_responses(*INFER_ERRORS))
+@router.post("/models/{name}/infer", response_model=None, responses=v2_errors(*INFER_ERRORS))
 @router.post(
     "/models/{name}/versions/{version}/infer",
     response_model=None,
-    responses=error_responses(*INFER_ERRORS),
+    responses=v2_errors(*INFER_ERRORS),
 )
 async def infer(
     name: Name, request: Request, models: ModelsDep, version: Version | None = None
@@ -250,7 +271,7 @@ TRITON_STATES = {"deployed": "READY", "loading": "LOADING", "registered": "UNAVA
 REPOSITORY_ERRORS = (ErrorCode.INVALID_API_KEY, ErrorCode.NOT_ADMIN, ErrorCode.MODEL_NOT_FOUND)
 
 
-@repository_router.post("/index", responses=error_responses(*REPOSITORY_ERRORS[:2]))
+@repository_router.post("/index", responses=v2_errors(*REPOSITORY_ERRORS[:2]))
 async def repository_index(request: Request, lifecycle: LifecycleDep) -> list[dict[str, str]]:
     """Every version in the repository, with Triton's states (``READY`` for the deployed one);
     ``{"ready": true}`` keeps the ready ones only. An empty body is ``{}``."""
@@ -271,7 +292,8 @@ async def repository_index(request: Request, lifecycle: LifecycleDep) -> list[di
 
 @repository_router.post(
     "/models/{name}/load",
-    responses=error_responses(*REPOSITORY_ERRORS, ErrorCode.DEPLOY_FAILED),
+    response_class=Response,
+    responses={**EMPTY, **v2_errors(*REPOSITORY_ERRORS, ErrorCode.DEPLOY_FAILED)},
 )
 async def repository_load(name: Name, request: Request, lifecycle: LifecycleDep) -> Response:
     """Deploy the model's highest registered version (``POST /admin/.../deploy``)."""
@@ -281,7 +303,8 @@ async def repository_load(name: Name, request: Request, lifecycle: LifecycleDep)
 
 @repository_router.post(
     "/models/{name}/unload",
-    responses=error_responses(*REPOSITORY_ERRORS, ErrorCode.MODEL_IS_DEFAULT),
+    response_class=Response,
+    responses={**EMPTY, **v2_errors(*REPOSITORY_ERRORS, ErrorCode.MODEL_IS_DEFAULT)},
 )
 async def repository_unload(name: Name, request: Request, lifecycle: LifecycleDep) -> Response:
     """Undeploy the model's deployed version (nothing to do when none is)."""

@@ -46,9 +46,15 @@ def server_metadata(repository: bool) -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
 
+def served(models: ModelRegistry, name: str, version: str | None = None) -> Engine:
+    """The model ``name`` (at ``version``, which must be the deployed one), of any kind: what
+    readiness asks about."""
+    return models.get(f"{name}{SEPARATOR}{version}" if version else name)
+
+
 def engine_for(models: ModelRegistry, name: str, version: str | None = None) -> Engine:
     """The dense model ``name`` (at ``version``, which must be the deployed one)."""
-    engine = models.get(f"{name}{SEPARATOR}{version}" if version else name)
+    engine = served(models, name, version)
     if engine.info.kind != ModelKind.DENSE:
         raise WrongModelKind(
             f"{engine.model_id} is a {engine.info.kind} model; the inference protocol serves "
