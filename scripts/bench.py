@@ -386,6 +386,7 @@ def main() -> int:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does)")
     from bench_bulk import section as bulk_section
+    from bench_protocol import section as protocol_section
     from bench_report import report
     from bench_runtimes import section as runtimes_section
     from bench_sparse import section as sparse_section
@@ -436,6 +437,8 @@ def main() -> int:
     text, ok = f"{text.rstrip()}\n\n{sparse_text}", ok and sparse_ok
     runtimes_text, runtimes_ok = runtimes_section()
     text, ok = f"{text.rstrip()}\n\n{runtimes_text}", ok and runtimes_ok
+    protocol_text, protocol_ok = protocol_section()
+    text, ok = f"{text.rstrip()}\n\n{protocol_text}", ok and protocol_ok
     bulk_text, bulk_ok = bulk_section()
     text, ok = f"{text.rstrip()}\n\n{bulk_text}", ok and bulk_ok
     print(text)
