@@ -31,8 +31,10 @@ RUN python scripts/export_onnx.py --output-dir /src/models
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS stubs
 WORKDIR /src
-COPY requirements/build.txt requirements/build.txt
-RUN pip install --no-cache-dir --disable-pip-version-check --no-deps -r requirements/build.txt
+COPY requirements/build.txt requirements/runtime.txt requirements/
+# grpcio and protobuf resolved to the runtime's pins
+RUN pip install --no-cache-dir --disable-pip-version-check -r requirements/build.txt \
+        -c requirements/runtime.txt
 COPY scripts/grpc_stubs.py scripts/grpc_stubs.py
 RUN python scripts/grpc_stubs.py app/v2/stubs
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Re-pins requirements/{runtime,test,export}.txt from pyproject.toml, each in a throwaway venv.
+# Re-pins requirements/{runtime,test,build,bulk,export,triton}.txt from pyproject.toml, each in a
+# throwaway venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset PYTHONPATH  # the Makefile exports the checkout; pip freeze must see only each venv
@@ -22,6 +23,14 @@ freeze rt > "$tmp/runtime"
 "$tmp/rt/bin/pip" install -q -r <(deps test)
 freeze rt | grep -vxFf "$tmp/runtime" > "$tmp/test"
 
+python3 -m venv "$tmp/bd"
+"$tmp/bd/bin/pip" install -q -r requirements/runtime.txt -r <(deps build)
+freeze bd | grep -vxFf "$tmp/runtime" > "$tmp/build"
+
+python3 -m venv "$tmp/tr"
+"$tmp/tr/bin/pip" install -q -r <(deps triton)
+freeze tr > "$tmp/triton"
+
 python3 -m venv "$tmp/bk"
 "$tmp/bk/bin/pip" install -q -r requirements/runtime.txt -r <(deps bulk)
 freeze bk | grep -vxFf "$tmp/runtime" > "$tmp/bulk"
@@ -39,6 +48,13 @@ freeze ex | grep -v '^torch==' > "$tmp/export"
 { echo "# Export environment (.venv-export): build time only. torch==2.13.0 (CPU) is installed"
   echo "# first, on its own, by the Makefile; every other version is pinned here."
   cat "$tmp/export"; } > requirements/export.txt
+{ echo "# Build tools, installed on top of requirements/runtime.txt in .venv (never in the image): the"
+  echo "# gRPC stubs' generator, scripts/grpc_stubs.py."
+  cat "$tmp/build"; } > requirements/build.txt
+{ echo "# The Triton client environment (.venv-triton): the tests of the Open Inference Protocol, run"
+  echo "# with tritonclient as Triton's users run it. tritonclient[grpc] 2.73 needs protobuf < 7, the"
+  echo "# server's grpcio-health-checking needs protobuf >= 7: two environments (docs/inference-protocol.md)."
+  cat "$tmp/triton"; } > requirements/triton.txt
 { echo "# Bulk job environment (.venv-bulk): requirements/runtime.txt plus these, for"
   echo "# 'python -m app.bulk'. Never in the serving environment or the image."
   cat "$tmp/bulk"; } > requirements/bulk.txt
