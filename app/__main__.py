@@ -22,7 +22,6 @@ from app.logs import configure_logging
 from app.main import create_app
 from app.transport.limits import HttpLimits
 from app.transport.server import DrainingServer, ServerHttpProtocol
-from app.v2.grpc import GrpcServer
 
 log = logging.getLogger("app")
 
@@ -42,7 +41,9 @@ def main() -> int:
         return 2
     models.warm_up()
     grpc = None
-    if settings.grpc_port:
+    if settings.grpc_port:  # grpc's import alone is 22 MB resident: only where it is served
+        from app.v2.grpc import GrpcServer
+
         grpc = GrpcServer(settings)
         try:
             grpc.bind()

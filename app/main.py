@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -40,7 +40,9 @@ from app.transport.context import ErrorGuard, RequestContext
 from app.transport.direct import DirectRoute
 from app.transport.guards import AdminKeyMiddleware, ApiKeyMiddleware, BodyLimitMiddleware
 from app.v2 import http as v2_http
-from app.v2.grpc import GrpcServer
+
+if TYPE_CHECKING:  # grpc (22 MB resident) is imported only where gRPC is served
+    from app.v2.grpc import GrpcServer
 
 UPLOAD_PATH = "/admin/models"
 

@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from app.core.engine import Engine
 from app.core.model import ModelKind
 from app.core.registry import ModelRegistry
-from app.errors import NotReady, WrongModelKind
+from app.errors import NotReady, ShuttingDown, WrongModelKind
+from app.lifecycle import Lifecycle
+from app.transport.guards import ADMIN_KEY
 
 
 async def get_models(request: Request) -> ModelRegistry:
@@ -49,3 +51,25 @@ def engine_for(models: ModelRegistry, model: str | None, kind: ModelKind) -> Eng
             f"send it to {ROUTES_FOR[served]}"
         )
     return engine
+
+
+def readiness(request: Request) -> None:
+    """``ShuttingDown`` from the moment the server is told to stop (the models dependency says
+    ``NotReady`` before they are loaded)."""
+    if getattr(request.app.state, "draining", False):
+        raise ShuttingDown("the server is shutting down; send requests to another replica")
+
+
+async def get_lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle | None = getattr(request.state, "lifecycle", None)
+    if lifecycle is None:
+        raise NotReady("the model repository is not open yet; retry shortly")
+    return lifecycle
+
+
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+
+
+def key_of(request: Request) -> str:
+    """The admin key of the request, as the log names it: by position, never the key."""
+    return f"admin key #{request.scope.get(ADMIN_KEY, '?')}"

@@ -320,7 +320,8 @@ class GrpcServer:
         a ``StartupError`` (exit code 2), not a server that answers HTTP only."""
         host, port = self.settings.host, self.settings.grpc_port
         try:
-            with socket.create_server((host, port), reuse_port=False):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.create_server((host, port), family=family):
                 pass
         except OSError as exc:
             raise StartupError(

@@ -22,11 +22,9 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from app.api.deps import ModelsDep
+from app.api.deps import LifecycleDep, ModelsDep, key_of, readiness
 from app.api.errors import error_responses
 from app.api.responses import outcome_response
-from app.api.routes.admin import LifecycleDep, key_of
-from app.api.routes.health import readiness
 from app.api.schemas import InferenceError
 from app.errors import ErrorCode, InvalidJSON, InvalidTensor, PayloadTooLarge, cut
 from app.transport.disconnect import unless_disconnected

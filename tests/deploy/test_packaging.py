@@ -69,7 +69,15 @@ def test_the_rayjob_runs_the_bulk_job_on_its_cluster_with_the_bulk_image() -> No
 
 def test_the_image_stages() -> None:
     found = stages()
-    assert list(found) == ["export", "base-cpu", "base-cuda", "runtime"]  # runtime: the default
+    assert list(found) == [
+        "export",
+        "stubs",
+        "base-cpu",
+        "base-cuda",
+        "runtime",
+    ]  # the default: last
+    assert "python scripts/grpc_stubs.py app/v2/stubs" in found["stubs"]
+    assert "-c requirements/runtime.txt" in found["stubs"]  # grpcio, protobuf: the runtime's pins
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in found["export"]
     assert "install-runtime.sh /opt/venv cpu" in found["base-cpu"]
     assert "install-runtime.sh /opt/venv cuda" in found["base-cuda"]
@@ -80,7 +88,8 @@ def test_the_image_stages() -> None:
         assert "torch" not in found[name]
     runtime = found["runtime"]
     assert re.search(r"(?m)^USER 10001$", runtime)  # not root
-    assert "EMBED_HOST=0.0.0.0" in runtime and re.search(r"(?m)^EXPOSE 8000$", runtime)
+    assert "EMBED_HOST=0.0.0.0" in runtime and re.search(r"(?m)^EXPOSE 8000 8001$", runtime)
+    assert "COPY --from=stubs /src/app/v2/stubs app/v2/stubs" in runtime
     assert 'CMD ["python", "-m", "app.healthcheck"]' in runtime
     assert "COPY --from=export /src/models/all-MiniLM-L6-v2" in runtime
 

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SPLADE = ROOT / "models" / "splade-tiny"
 LIMITS = Settings(_env_file=None)  # type: ignore[call-arg]
-PEAK_MB = 700
+PEAK_MB = 740
 """The documented peak resident memory of the default models under the worst requests
-(docs/limits.md); deploy/k8s sets the memory limit to at least 1.25 times it."""
+(docs/limits.md); deploy/k8s sets the memory limit to at least 1.25 times it. 700 until the
+gRPC server joined the process (measured here 688 MiB with it off, 699 to 709 with it on)."""
 
 
 def passage(i: int) -> str:

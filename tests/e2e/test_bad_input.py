@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.api.errors import speaks_inference_protocol
 from app.core.engine import Engine
 from app.core.vectors import encode_now
 from tests.conftest import error_of
@@ -156,6 +157,10 @@ def test_every_bad_input_gets_its_row_of_the_error_table(server: Server, engine:
             if row.code is None:
                 got: tuple[int, str, str] | int = response.status_code
                 want: tuple[int, str, str] | int = row.status
+            elif speaks_inference_protocol(row.path):  # that protocol's shape: {"error": "..."}
+                body = response.json()
+                assert set(body) == {"error"} and isinstance(body["error"], str), body
+                got, want = response.status_code, row.status
             else:
                 got = error_of(response)
                 error_type = "invalid_request_error" if row.status < 500 else "server_error"

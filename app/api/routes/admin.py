@@ -9,35 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
+from app.api.deps import LifecycleDep, key_of
 from app.api.errors import error_responses
 from app.api.schemas import DefaultModel, DefaultModelResponse, VersionRecord
 from app.api.upload import receive_upload
-from app.errors import ErrorCode, NotReady
-from app.lifecycle import Lifecycle
-from app.transport.guards import ADMIN_KEY
+from app.errors import ErrorCode
 
 ADMIN_ERRORS = (ErrorCode.INVALID_API_KEY, ErrorCode.NOT_ADMIN, ErrorCode.NOT_READY)
 router = APIRouter(prefix="/admin", tags=["admin"], responses=error_responses(*ADMIN_ERRORS))
 
 
-async def get_lifecycle(request: Request) -> Lifecycle:
-    lifecycle: Lifecycle | None = getattr(request.state, "lifecycle", None)
-    if lifecycle is None:
-        raise NotReady("the model repository is not open yet; retry shortly")
-    return lifecycle
-
-
-LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 Name = Annotated[str, Path(description="The model's name.", examples=["minilm"])]
 Number = Annotated[int, Path(description="One of its versions: 1, 2, ...", examples=[1])]
-
-
-def key_of(request: Request) -> str:
-    """The admin key of the request, as the log names it: by position, never the key."""
-    return f"admin key #{request.scope.get(ADMIN_KEY, '?')}"
 
 
 UPLOAD_FORM = {

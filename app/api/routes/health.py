@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app import __version__
-from app.api.deps import ModelsDep
+from app.api.deps import ModelsDep, readiness
 from app.api.errors import error_responses
 from app.api.schemas import HealthResponse, InfoResponse, LiveResponse, ModelInfo
-from app.errors import ErrorCode, ShuttingDown
+from app.errors import ErrorCode
 
 router = APIRouter(tags=["health"])
 
@@ -25,13 +25,6 @@ async def health(request: Request, models: ModelsDep) -> HealthResponse:
     return HealthResponse(
         status="ok", model=models.default_id, models=[engine.model_id for engine in models]
     )
-
-
-def readiness(request: Request) -> None:
-    """``ShuttingDown`` from the moment the server is told to stop (the models dependency says
-    ``NotReady`` before they are loaded)."""
-    if getattr(request.app.state, "draining", False):
-        raise ShuttingDown("the server is shutting down; send requests to another replica")
 
 
 @router.get("/health/live", response_model=LiveResponse)
