@@ -32,7 +32,8 @@ from app.api.responses import counted
 from app.config import Settings
 from app.core.registry import ModelRegistry
 from app.errors import (
-    ClientClosed,
+    ERROR_TABLE,
+    ErrorCode,
     InternalError,
     InvalidApiKey,
     InvalidTensor,
@@ -103,9 +104,9 @@ def _rpc(*, admin: bool = False) -> Callable[[Handler[Reply]], Handler[Reply]]:
                 await context.abort(status_of(exc), exc.message)
                 raise  # abort raises; this is never reached
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed
-                status = ClientClosed("").status
+                status = ERROR_TABLE[ErrorCode.CLIENT_CLOSED].status
                 raise
-            except (grpc.aio.AbortError, NotImplementedError):
+            except grpc.aio.AbortError:  # a method that aborted the call itself
                 raise
             except Exception:
                 status = 500

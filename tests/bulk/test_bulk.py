@@ -143,10 +143,12 @@ def test_a_sparse_model_writes_indices_and_values(
 def test_a_job_killed_mid_run_goes_on_where_it_stopped(
     stsb: list[tuple[float, str, str]], tmp_path: Path
 ) -> None:
-    texts = sentences(stsb, 1200)  # 12 parts of 100
+    # 24 parts of 50: three stops, each after at least two more parts, leave most of the job to
+    # do (with 12 parts a slow signal once let the job finish before the third stop).
+    texts = sentences(stsb, 1200)
     source = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t} for t in texts])
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    small = ["--part-rows", "100", "--quiet"]
+    small = ["--part-rows", "50", "--quiet"]
     bulk(source, whole, *small)
     for how in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
         job = subprocess.Popen(
