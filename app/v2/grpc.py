@@ -234,19 +234,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc(admin=True)
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:  # noqa: N802
-        from app.v2.http import TRITON_STATES
-
-        entries = [
-            pb.RepositoryIndexResponse.ModelIndex(
-                name=record["name"],
-                version=str(record["version"]),
-                state=TRITON_STATES.get(record["state"], "UNAVAILABLE"),
-                reason=record["reason"] or "",
-            )
-            for record in await self.lifecycle.records()
-        ]
-        if request.ready:
-            entries = [entry for entry in entries if entry.state == "READY"]
+        index = await inference.repository_index(self.lifecycle, request.ready)
+        entries = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in index]
         return pb.RepositoryIndexResponse(models=entries)
 
     @_rpc(admin=True)

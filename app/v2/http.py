@@ -265,7 +265,6 @@ def _decompressed(body: bytes, request: Request) -> bytes:
 # Triton's model repository extension, over the admin API's repository: mounted with
 # EMBED_ADMIN_KEYS only, and, like /admin/, only for an admin key.
 repository_router = APIRouter(prefix="/v2/repository", tags=["inference protocol"])
-TRITON_STATES = {"deployed": "READY", "loading": "LOADING", "registered": "UNAVAILABLE"}
 REPOSITORY_ERRORS = (ErrorCode.INVALID_API_KEY, ErrorCode.NOT_ADMIN, ErrorCode.MODEL_NOT_FOUND)
 
 
@@ -275,17 +274,7 @@ async def repository_index(request: Request, lifecycle: LifecycleDep) -> list[di
     ``{"ready": true}`` keeps the ready ones only. An empty body is ``{}``."""
     body = await request.body()
     options = _object(orjson.loads(body) if body.strip() else None, "the index request")
-    only_ready = options.get("ready", False)
-    index = [
-        {
-            "name": record["name"],
-            "version": str(record["version"]),
-            "state": TRITON_STATES.get(record["state"], "UNAVAILABLE"),
-            "reason": record["reason"] or "",
-        }
-        for record in await lifecycle.records()
-    ]
-    return [entry for entry in index if entry["state"] == "READY" or not only_ready]
+    return await inference.repository_index(lifecycle, options.get("ready") is True)
 
 
 @repository_router.post(

@@ -19,6 +19,7 @@ from app.core.engine import Engine
 from app.core.model import Floats, ModelKind, Outcome
 from app.core.registry import SEPARATOR, ModelRegistry
 from app.errors import InvalidTensor, WrongModelKind, cut
+from app.lifecycle import Lifecycle
 
 INPUT = "TEXT"
 OUTPUT = "embedding"
@@ -160,3 +161,21 @@ async def infer(engine: Engine, request: Request) -> Outcome[Floats]:
         truncate=request.truncate,
         prompt=engine.prompt(),
     )
+
+
+TRITON_STATES = {"deployed": "READY", "loading": "LOADING", "registered": "UNAVAILABLE"}
+
+
+async def repository_index(lifecycle: Lifecycle, only_ready: bool) -> list[dict[str, str]]:
+    """Triton's repository index: every version with Triton's state (``READY`` for the deployed
+    one; a failed load is ``UNAVAILABLE`` with its reason)."""
+    index = [
+        {
+            "name": record["name"],
+            "version": str(record["version"]),
+            "state": TRITON_STATES.get(record["state"], "UNAVAILABLE"),
+            "reason": record["reason"] or "",
+        }
+        for record in await lifecycle.records()
+    ]
+    return [entry for entry in index if entry["state"] == "READY" or not only_ready]
