@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ def train_tokenizer(kind: str, corpus: list[str]) -> Tokenizer:
             vocab_size=VOCAB, special_tokens=specials, unk_token="<unk>"
         )
     tokenizer.train_from_iterator(corpus, trainer)
+    if kind.startswith("wordpiece"):
+        tokenizer.model = _wordpiece(tokenizer, corpus, specials, unk)
     if specials is BERT_SPECIALS:
         cls, sep = "[CLS]", "[SEP]"
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -185,6 +188,23 @@ def train_tokenizer(kind: str, corpus: list[str]) -> Tokenizer:
             special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("<s>", "</s>")],
         )
     return tokenizer
+
+
+def _wordpiece(tokenizer: Tokenizer, corpus: list[str], specials: list[str], unk: str) -> Any:
+    """A WordPiece vocabulary made the same way every time: the special tokens, every character
+    of the corpus alone and as a continuation, then its most frequent words (ties by the word).
+    The trainer's own vocabulary differs from run to run (its ties fall by hash order), and so
+    did the models' token ids, and a gate as fine as the reranker's logits to 1e-5 could fail on
+    one draw and pass on the next."""
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        normalized = tokenizer.normalizer.normalize_str(text) if tokenizer.normalizer else text
+        counts.update(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized))
+    characters = sorted({c for word in counts for c in word})
+    vocab = [*specials, *characters, *(f"##{c}" for c in characters)]
+    ranked = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += ranked[: max(0, VOCAB - len(vocab))]
+    return models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token=unk)
 
 
 def hf_tokenizer(tokenizer: Tokenizer, token_type_ids: bool) -> PreTrainedTokenizerFast:
