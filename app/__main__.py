@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from app.backends.onnx.model import map_large_blocks
 from app.config import Settings
 from app.errors import StartupError
 from app.loading import load_models
@@ -34,6 +35,7 @@ def main() -> int:
         print(f"error: {problems}", file=sys.stderr)
         return 2
     log_config = configure_logging(settings.log_level, settings.log_format)
+    map_large_blocks()  # before the models' weights are read
     try:
         models = load_models(settings)
     except StartupError as exc:
