@@ -13,6 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
+from app.backends.onnx.bundle import load_bundle
+from app.backends.onnx.runtimes import BF16_GATE, choose
 from app.config import Settings
 from app.core.engine import Engine
 from app.core.vectors import encode_now
@@ -75,12 +77,24 @@ def image_server(
         assert process.wait(timeout=15) == 0
 
 
-def test_it_serves_the_bundle(image_server: tuple[str, str], engine: Engine) -> None:
+def test_it_serves_the_bundle(
+    image_server: tuple[str, str], engine: Engine, settings: Settings
+) -> None:
+    """With the image's defaults: fp32 on onnxruntime, or bf16 on OpenVINO where the CPU computes
+    bf16 and the bundle's gate held (then within the gate's worst cosine to fp32)."""
     url, _ = image_server
     texts = ["A man is playing a guitar.", "Cats sleep a lot."]
     response = httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=30)
     assert response.status_code == 200
-    assert np.allclose(response.json()["embeddings"], encode_now(engine.model, texts), atol=1e-5)
+    served = np.asarray(response.json()["embeddings"], dtype=np.float32)
+    fp32 = encode_now(engine.model, texts)
+    provider = httpx.get(f"{url}/info", timeout=30).json()["models"][0]["provider"]
+    if choose("auto", "auto", load_bundle(settings.model_dir)).precision == "bf16":
+        assert provider == "OpenVINO CPU bf16"
+        assert (served * fp32).sum(axis=1).min() >= BF16_GATE["worst_cosine_to_fp32"]
+    else:
+        assert provider == "CPUExecutionProvider"
+        assert np.allclose(served, fp32, atol=1e-5)
 
 
 def test_the_healthcheck_command(runtime_venv: Path, image_server: tuple[str, str]) -> None:
