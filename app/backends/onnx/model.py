@@ -248,7 +248,7 @@ def map_large_blocks() -> None:
     glibc raises that threshold each time such a block is freed (up to 32 MB), so once a model
     has been closed, the next one's weights and buffers land in the heap among small blocks,
     where ``trim_heap`` can hand back only part of them: undeploying the int8 bundle gave back
-    25 to 56 of its 63 to 85 MB. With the threshold fixed it gave back all but a few MB, every
+    25 to 56 of its 59 to 85 MB. With the threshold fixed it gave back all but a few MB, every
     time, at the same speed (docs/limits.md). An operator's ``MALLOC_MMAP_THRESHOLD_`` wins."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
