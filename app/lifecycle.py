@@ -359,7 +359,9 @@ def _close(engine: Engine) -> None:
     trim_heap()
 
 
-def _with(name: str, number: int, static: dict[str, Path]) -> Any:
+def _with(name: str, number: int, static: dict[str, Path]) -> Callable[[State], State]:
+    """The change to the shared state that deploys version ``number`` of ``name``."""
+
     def change(state: State) -> State:
         if name in static:
             return dataclasses.replace(
@@ -370,7 +372,9 @@ def _with(name: str, number: int, static: dict[str, Path]) -> Any:
     return change
 
 
-def _without(name: str, static: dict[str, Path]) -> Any:
+def _without(name: str, static: dict[str, Path]) -> Callable[[State], State]:
+    """The change to the shared state that undeploys ``name``."""
+
     def change(state: State) -> State:
         if name in static:
             return dataclasses.replace(state, undeployed=(*state.undeployed, name))
